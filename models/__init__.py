@@ -1,0 +1,45 @@
+"""Role backends. Each is one class behind a protocol of `models/protocols.py`; the model
+library it needs is imported only when that backend is built."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict
+
+from rescue_eval.errors import UsageError
+
+ADAPTERS = {  # (role, backend) -> "module:Class"
+    ("planner", "transformers"): "models.qwen3_vl:Qwen3VLPlanner",
+    ("judge", "transformers"): "models.qwen3_vl:Qwen3VLJudge",
+    ("executor", "transformers"): "models.sam3_tracker:Sam3TrackerSegmenter",
+    ("scorer", "transformers"): "models.siglip2:Siglip2Scorer",
+}
+HARNESS_KEYS = {"backend", "max_n", "dedup_iou"}  # config keys the harness uses, not the backend
+
+
+def check_device(role: str, device: str) -> None:
+    """Fail early, in one sentence, when a role is placed on a device that is not there."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    index = int(device.split(":")[1]) if ":" in device else 0
+    visible = torch.cuda.device_count()
+    if index >= visible:
+        raise UsageError(f"{role}.device is {device!r} but {visible} CUDA device(s) are visible; "
+                         f"set --{role}.device cpu or a device below cuda:{visible}.")
+
+
+def build_role(role: str, cfg) -> object:
+    key = (role, cfg.backend)
+    if key not in ADAPTERS:
+        choices = sorted(b for r, b in ADAPTERS if r == role)
+        raise UsageError(f"{role}.backend {cfg.backend!r} is not available; choose one of {choices}.")
+    check_device(role, cfg.device)
+    module, cls = ADAPTERS[key].split(":")
+    kwargs = {k: v for k, v in asdict(cfg).items() if k not in HARNESS_KEYS}
+    try:
+        return getattr(importlib.import_module(module), cls)(**kwargs)
+    except OSError as exc:  # from_pretrained: not a folder, not in the Hugging Face cache
+        raise UsageError(f"{role}.checkpoint {cfg.checkpoint!r} could not be loaded ({exc.__class__.__name__}); "
+                         f"point --{role}.checkpoint at a local checkpoint folder, or download it on a "
+                         f"machine with hub access.") from exc

@@ -1,0 +1,37 @@
+"""Tiny random-weight checkpoints of the real model classes, built offline.
+
+A checkpoint spec `tiny:NAME` in a config means "the locally built tiny NAME checkpoint": it is
+built into the cache on first use and then loaded with `from_pretrained`, the same call that
+loads a real checkpoint. Anything else is passed to `from_pretrained` unchanged.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from rescue_eval.cache import build_once, cache_root
+
+PREFIX = "tiny:"
+BUILDERS = {  # name -> module with `build(out_dir: Path) -> None`
+    "qwen3-vl": "models.tiny.qwen3_vl",
+    "sam3-tracker": "models.tiny.sam3_tracker",
+    "siglip2": "models.tiny.siglip2",
+}
+
+
+def tiny_dir(root: Path | None = None) -> Path:
+    return Path(root) if root else cache_root() / "tiny"
+
+
+def build(name: str, root: Path | None = None, force: bool = False) -> Path:
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown tiny checkpoint {name!r}; choose one of {sorted(BUILDERS)}.")
+    module = importlib.import_module(BUILDERS[name])
+    return build_once(tiny_dir(root) / name, module.build, force=force)
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A path or hub id for `from_pretrained`; `tiny:NAME` is built on first use."""
+    if spec.startswith(PREFIX):
+        return str(build(spec[len(PREFIX):]))
+    return spec

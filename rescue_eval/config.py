@@ -1,0 +1,177 @@
+"""Typed run configuration: YAML files plus dotted command-line overrides (jsonargparse).
+
+`rescue-eval run --config configs/demo.yaml --planner.max_n 16` loads the file, applies the
+override and validates every key and type; an unknown or mistyped key is an error that names
+it. The options of the original RESCue scripts (`--fraction`, `--parallel_requests`, `--mode`,
+`--max_n`) are kept as aliases of their dotted keys.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from rescue_eval.errors import UsageError
+from rescue_eval.verifier import VerifierSettings
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+LEGACY_FLAGS = {  # original RESCue option -> dotted key
+    "--fraction": "--data.fraction",
+    "--parallel_requests": "--run.parallel_requests",
+    "--mode": "--verifier.mode",
+    "--max_n": "--planner.max_n",
+}
+
+# Keys that change how a run goes but not its results: a resumed run may change them freely.
+RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests"}
+
+
+@dataclass
+class DataConfig:
+    name: Literal["demo", "reasonseg", "reasonseg_parquet"] = "demo"
+    root: Optional[str] = None  # dataset folder (LISA format) or parquet file/folder
+    split: str = "val"
+    fraction: float = 1.0  # a deterministic subset of this share of the split
+    fraction_seed: int = 0
+
+
+@dataclass
+class RoleConfig:
+    backend: str = "transformers"
+    checkpoint: str = ""  # hub id, local folder, or tiny:NAME (built offline on first use)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_batch: int = 16
+
+
+@dataclass
+class PlannerConfig(RoleConfig):
+    backend: Literal["transformers"] = "transformers"
+    checkpoint: str = "tiny:qwen3-vl"
+    max_n: int = 8  # hypotheses per sample; the sweep reports N = 1, 2, 4, ..., max_n
+    max_new_tokens: int = 40
+    temperatures: list[float] = field(default_factory=lambda: [0.3, 0.7, 1.0])
+    strategies: Optional[list[str]] = None  # None: every strategy of models/prompts.py
+    structured_output: bool = True
+    dedup_iou: float = 0.9
+
+
+@dataclass
+class ExecutorConfig(RoleConfig):
+    backend: Literal["transformers"] = "transformers"
+    checkpoint: str = "tiny:sam3-tracker"
+
+
+@dataclass
+class ScorerConfig(RoleConfig):
+    backend: Literal["transformers"] = "transformers"
+    checkpoint: str = "tiny:siglip2"
+    max_batch: int = 32
+
+
+@dataclass
+class JudgeConfig(RoleConfig):
+    backend: Literal["transformers"] = "transformers"
+    checkpoint: str = "tiny:qwen3-vl"
+    max_new_tokens: int = 16
+    structured_output: bool = True
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    parallel_requests: int = 4  # samples in flight together (one batch per stage)
+    overlays: int = 8  # overlay images of the first samples in the report
+    progress: bool = True
+    force: bool = False  # resume into an output directory made with a different config
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    verifier: VerifierSettings = field(default_factory=VerifierSettings)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def parser(prog: str = "rescue-eval run") -> ArgumentParser:
+    p = ArgumentParser(prog=prog, exit_on_error=False,
+                       description="Evaluate a reasoning-segmentation benchmark with the RESCue search.")
+    p.add_argument("--config", action=ActionConfigFile,
+                   help="YAML run configuration; without one, the defaults are configs/demo.yaml")
+    p.add_argument("--output", required=True, help="output directory (an existing one is resumed)")
+    p.add_class_arguments(Config, None)
+    return p
+
+
+def expand_legacy_flags(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(LEGACY_FLAGS.get(name, name) + eq + value if name in LEGACY_FLAGS else arg)
+    return out
+
+
+def parse(argv: list[str]) -> tuple[Config, Path]:
+    """Config and output directory from command-line arguments; raises UsageError naming the
+    bad key or value."""
+    p = parser()
+    try:
+        ns = p.parse_args(expand_legacy_flags(argv))
+    except Exception as exc:  # jsonargparse raises ArgumentError with the key in its message
+        raise UsageError(f"Invalid configuration: {exc}".strip()) from None
+    init = p.instantiate(ns)
+    cfg = Config(**{k: getattr(init, k) for k in Config.__dataclass_fields__})
+    validate(cfg)
+    return cfg, Path(ns.output)
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than one key or a range: one sentence each, naming the fix."""
+    if not 0 < cfg.data.fraction <= 1:
+        raise UsageError(f"data.fraction is {cfg.data.fraction}; give a share in (0, 1], e.g. --fraction 0.1.")
+    if cfg.planner.max_n < 1:
+        raise UsageError(f"planner.max_n is {cfg.planner.max_n}; give at least 1 hypothesis per sample.")
+    if cfg.run.parallel_requests < 1:
+        raise UsageError("run.parallel_requests must be at least 1.")
+    if cfg.data.name != "demo" and not cfg.data.root:
+        raise UsageError(f"data.name is {cfg.data.name!r} but data.root is empty; pass --data.root PATH.")
+    w = cfg.verifier
+    if min(w.weight_vlm, w.weight_siglip, w.weight_agreement) < 0:
+        raise UsageError("verifier weights must be non-negative.")
+    if not cfg.planner.temperatures or min(cfg.planner.temperatures) <= 0:
+        raise UsageError("planner.temperatures must be a non-empty list of positive numbers.")
+
+
+def to_dict(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def load_yaml(path: Path) -> Config:
+    """A resolved config written by a run (OUT/config.yaml)."""
+    cfg, _ = parse(["--config", str(path), "--output", "unused"])
+    return cfg
+
+
+def result_affecting_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts, ignoring RESUME_FREE_KEYS."""
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        dotted = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += result_affecting_diff(va, vb, dotted + ".")
+        elif va != vb and dotted not in RESUME_FREE_KEYS:
+            diffs.append(dotted)
+    return diffs

@@ -1,0 +1,113 @@
+"""gIoU, cIoU and oracle IoU as torchmetrics Metrics with sum-reduced states.
+
+Policy (LISA's): ignore pixels (255) count in neither intersection nor union; per-sample
+IoU = I / (U + 1e-5), 1.0 when U == 0; gIoU = mean per-sample IoU; cIoU = sum I / sum U.
+A failed sample is scored as an empty prediction and counted by reason.
+
+Every state is an int64 sum. Per-sample IoUs are summed in fixed point (2**-32 resolution,
+far below 1e-6), because integer sums do not depend on the order of addition: the result is
+bit-identical whatever the world size and however samples are sharded.
+"""
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+FIXED_POINT = 2 ** 32
+CIOU_EPS = 1e-10  # LISA: iou_class = intersection_sum / (union_sum + 1e-10)
+
+FAILURE_REASONS = (
+    "bad_input",        # the dataset row could not be read
+    "no_hypothesis",    # the planner gave no usable box
+    "planner_error",    # a role raised
+    "executor_error",
+    "scorer_error",
+    "judge_error",
+)
+
+
+def to_fixed(x: float) -> int:
+    return int(round(x * FIXED_POINT))
+
+
+class SweepIoU(Metric):
+    """Scores of one split (or one subset of it) for every N of the sweep.
+
+    `update` takes one sample: its intersection, union, IoU and oracle IoU for each N (same
+    order as `sweep`), the judge calls an N-run would make, and its failure reason if any.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, sweep: list[int], **kwargs):
+        super().__init__(**kwargs)
+        self.sweep = list(sweep)
+        k = len(self.sweep)
+        for name in ("intersection", "union", "iou_fixed", "oracle_fixed", "judge_calls"):
+            self.add_state(name, torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("n_samples", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("failures", torch.zeros(len(FAILURE_REASONS), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, intersection: list[int], union: list[int], iou: list[float], oracle_iou: list[float],
+               judge_calls: list[int], failure: str | None = None) -> None:
+        self.intersection += torch.tensor(intersection, dtype=torch.int64)
+        self.union += torch.tensor(union, dtype=torch.int64)
+        self.iou_fixed += torch.tensor([to_fixed(v) for v in iou], dtype=torch.int64)
+        self.oracle_fixed += torch.tensor([to_fixed(v) for v in oracle_iou], dtype=torch.int64)
+        self.judge_calls += torch.tensor(judge_calls, dtype=torch.int64)
+        self.n_samples += 1
+        if failure is not None:
+            self.failures[FAILURE_REASONS.index(failure)] += 1
+
+    def compute(self) -> dict:
+        n = int(self.n_samples)
+        per_n = {}
+        for k, big_n in enumerate(self.sweep):
+            per_n[big_n] = {
+                "giou": int(self.iou_fixed[k]) / FIXED_POINT / n if n else 0.0,
+                "ciou": int(self.intersection[k]) / (int(self.union[k]) + CIOU_EPS),
+                "oracle_iou": int(self.oracle_fixed[k]) / FIXED_POINT / n if n else 0.0,
+                "judge_calls": int(self.judge_calls[k]),
+                "intersection": int(self.intersection[k]),
+                "union": int(self.union[k]),
+            }
+        top = per_n[self.sweep[-1]]
+        failures = {r: int(c) for r, c in zip(FAILURE_REASONS, self.failures) if int(c)}
+        return {
+            "giou": top["giou"], "ciou": top["ciou"], "oracle_iou": top["oracle_iou"],
+            "n_samples": n, "n_failed": sum(failures.values()), "failures": failures,
+            "per_n": per_n,
+        }
+
+
+class SplitMetrics:
+    """One SweepIoU for the whole split and one per subset (e.g. short / long queries).
+
+    The subsets are fixed up front so that every rank holds the same states to sync.
+    """
+
+    def __init__(self, sweep: list[int], subsets: list[str]):
+        self.all = SweepIoU(sweep)
+        self.subsets = {name: SweepIoU(sweep) for name in subsets}
+
+    def update(self, subset: str, **scores) -> None:
+        self.all.update(**scores)
+        if subset in self.subsets:
+            self.subsets[subset].update(**scores)
+
+    def update_record(self, record: dict) -> None:
+        self.update(record["subset"], **record_scores(record, self.all.sweep))
+
+    def compute(self) -> dict:
+        summary = self.all.compute()
+        summary["subsets"] = {name: m.compute() for name, m in self.subsets.items()}
+        return summary
+
+
+def record_scores(record: dict, sweep: list[int]) -> dict:
+    """The metric inputs of one JSONL record (see rescue.finish_record)."""
+    rows = [record["sweep"][str(n)] for n in sweep]
+    return {"intersection": [r["intersection"] for r in rows], "union": [r["union"] for r in rows],
+            "iou": [r["iou"] for r in rows], "oracle_iou": [r["oracle_iou"] for r in rows],
+            "judge_calls": [r["judge_calls"] for r in rows], "failure": record["failure"]}

@@ -1,0 +1,178 @@
+"""summary.json -> report.md, plots/iou_vs_n.png and overlays/*.png.
+
+Everything here is rebuilt from the output directory alone (plus the dataset for the overlay
+images), so `rescue-eval report OUT` regenerates it after a run or a resume.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from rescue_eval.masks import decode_rle, overlay
+
+METRIC_POLICY = (
+    "Metric policy (LISA's): ground-truth pixels labelled 255 (ReasonSeg 'ignore' polygons) count in "
+    "neither intersection nor union; per-sample IoU = I / (U + 1e-5), and a sample whose union is empty "
+    "scores 1.0; gIoU is the mean per-sample IoU, cIoU = sum I / (sum U + 1e-10) over the split. A failed "
+    "sample is scored as an empty prediction and counted by reason, never dropped. Oracle IoU is the best "
+    "candidate's IoU among the first N hypotheses (an upper bound, never used for selection). Only `text[0]` "
+    "of a ReasonSeg annotation is the query.")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def write_report(out: Path, summary: dict, records: dict[str, dict], dataset=None, overlays: int = 8) -> None:
+    out = Path(out)
+    plot = write_plot(out, summary)
+    shown = write_overlays(out, records, dataset, overlays) if dataset is not None else []
+    (out / "report.md").write_text(render_markdown(summary, plot, shown), encoding="utf-8")
+
+
+def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> str:
+    ds = summary.get("dataset", {})
+    lines = [f"# RESCue-eval: {ds.get('name', '?')} / {ds.get('split', '?')}", ""]
+    lines += [f"- samples: {summary['n_samples']} (failed: {summary['n_failed']})",
+              f"- mode: {summary.get('mode', '?')}, max N: {max(map(int, summary['per_n']))}"]
+    for note in summary.get("notes", []):
+        lines.append(f"- **note:** {note}")
+    lines += ["", "| metric | value |", "|---|---|",
+              f"| gIoU | {_pct(summary['giou'])} |", f"| cIoU | {_pct(summary['ciou'])} |",
+              f"| oracle IoU | {_pct(summary['oracle_iou'])} |", ""]
+    lines += ["## Scores against N (selection among the first N hypotheses)", "",
+              "| N | gIoU | cIoU | oracle IoU | judge calls |", "|---|---|---|---|---|"]
+    for n, row in sorted(summary["per_n"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {n} | {_pct(row['giou'])} | {_pct(row['ciou'])} | {_pct(row['oracle_iou'])} | "
+                     f"{row['judge_calls']} |")
+    if plot is not None:
+        lines += ["", f"![IoU against N]({plot.relative_to(plot.parent.parent).as_posix()})"]
+    if summary.get("subsets"):
+        lines += ["", "## Subsets", "", "| subset | samples | gIoU | cIoU | oracle IoU |", "|---|---|---|---|---|"]
+        for name, s in summary["subsets"].items():
+            lines.append(f"| {name} | {s['n_samples']} | {_pct(s['giou'])} | {_pct(s['ciou'])} | "
+                         f"{_pct(s['oracle_iou'])} |")
+    lines += ["", "## Failures", ""]
+    if summary["failures"]:
+        lines += ["| reason | samples |", "|---|---|"]
+        lines += [f"| {reason} | {n} |" for reason, n in sorted(summary["failures"].items())]
+    else:
+        lines.append("None.")
+    roles = summary.get("roles", {})
+    if roles:
+        bottleneck = max(roles, key=lambda r: roles[r]["busy_fraction"])
+        lines += ["", "## Roles", "", "| role | requests | batches | mean batch | busy fraction |",
+                  "|---|---|---|---|---|"]
+        for name, r in roles.items():
+            lines.append(f"| {name} | {r['requests']} | {r['batches']} | {r['mean_batch']:.1f} | "
+                         f"{r['busy_fraction']:.2f} |")
+        lines += ["", f"Bottleneck: **{bottleneck}** (busiest role)."]
+    timing = summary.get("timing", {})
+    if timing:
+        lines += ["", "## Timing", "", f"- wall: {timing.get('wall_s', 0):.1f} s, "
+                  f"{timing.get('samples_per_s', 0):.3f} samples/s (this run's new samples)"]
+        for stage, s in timing.get("mean_stage_s", {}).items():
+            lines.append(f"- {stage}: {1000 * s:.1f} ms per sample (mean)")
+    if overlays:
+        lines += ["", "## First samples (green: ground truth, red: prediction)", ""]
+        lines += [f"![{name}](overlays/{name})" for name in overlays]
+    lines += ["", "## Metric policy", "", METRIC_POLICY, ""]
+    env = summary.get("environment", {})
+    if env:
+        lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return "\n".join(lines)
+
+
+def write_plot(out: Path, summary: dict) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(summary["per_n"].items(), key=lambda kv: int(kv[0]))
+    ns = [int(n) for n, _ in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for key, label in (("giou", "gIoU"), ("ciou", "cIoU"), ("oracle_iou", "oracle IoU")):
+        ax.plot(ns, [100 * r[key] for _, r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("N (hypotheses)")
+    ax.set_ylabel("IoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "plots" / "iou_vs_n.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_overlays(out: Path, records: dict[str, dict], dataset, limit: int) -> list[str]:
+    """Ground truth (green) and prediction (red) on the image, side by side, for the first
+    `limit` samples of the dataset that have a record."""
+    folder = out / "overlays"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(len(dataset)):
+        if len(names) >= limit:
+            break
+        sample_id = dataset.ids[index]
+        rec = records.get(sample_id)
+        if rec is None or rec.get("prediction") is None:
+            continue
+        sample = dataset[index]
+        try:
+            image = sample.decode_image()
+        except Exception:  # noqa: BLE001 - an unreadable image has nothing to draw on
+            continue
+        gt = sample.gt_mask == 1
+        pred = decode_rle(rec["prediction"])
+        panels = [overlay(image, gt, color=(0, 200, 0)), overlay(image, pred, color=(230, 0, 0))]
+        canvas = Image.new("RGB", (image.width * 2 + 8, image.height), "white")
+        canvas.paste(panels[0], (0, 0))
+        canvas.paste(panels[1], (image.width + 8, 0))
+        name = f"{_safe(sample_id)}.png"
+        canvas.save(folder / name)
+        names.append(name)
+    return names
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+
+def rebuild(out: Path) -> dict:
+    """Recompute summary.json from the JSONL records and regenerate the report files.
+
+    Scores come from the records alone; the run's timing, roles and environment are kept from
+    the previous summary when there is one."""
+    import json
+
+    from rescue_eval import config, runner
+    from rescue_eval.errors import UsageError
+    from rescue_eval.metrics import SplitMetrics
+    from rescue_eval.results import load_records
+
+    out = Path(out)
+    if not (out / "config.yaml").exists():
+        raise UsageError(f"{out} has no config.yaml; give the output directory of a `rescue-eval run`.")
+    cfg = config.load_yaml(out / "config.yaml")
+    dm = runner.build_data(cfg)
+    settings = runner.settings_of(cfg)
+    records = load_records(out)
+    metrics = SplitMetrics(settings.sweep, dm.subsets)
+    for sample_id in dm.ids:
+        if sample_id in records:
+            metrics.update_record(records[sample_id])
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    summary = {**previous, **metrics.compute()}
+    summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
+                                   "n_total": len(dm.ids)})
+    summary.setdefault("mode", cfg.verifier.mode)
+    summary.setdefault("notes", runner.notes_of(cfg, dm))
+    runner.write_summary(out, summary)
+    write_report(out, summary, records, dm, cfg.run.overlays)
+    return summary

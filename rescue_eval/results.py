@@ -1,0 +1,57 @@
+"""The output directory: per-rank JSONL results appended as samples finish, and resume.
+
+A record is written as one line and flushed to disk before the next sample starts, so a crash
+loses at most the samples in flight. A torn last line (the process died mid-write) is cut off
+on the next start; an id written twice (a sample redone after such a crash) keeps its last line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def results_dir(out: Path) -> Path:
+    return Path(out) / "results"
+
+
+class ResultWriter:
+    """Appends this rank's records to OUT/results/rank-R.jsonl."""
+
+    def __init__(self, out: Path, rank: int):
+        results_dir(out).mkdir(parents=True, exist_ok=True)
+        self.path = results_dir(out) / f"rank-{rank}.jsonl"
+        repair_torn_tail(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (a write interrupted by a crash)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+def load_records(out: Path) -> dict[str, dict]:
+    """Every finished record of every rank file, by sample id (so a run may resume with another
+    world size)."""
+    records: dict[str, dict] = {}
+    for path in sorted(results_dir(out).glob("rank-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):  # a torn tail is not a finished sample
+                    rec = json.loads(line)
+                    records[rec["id"]] = rec
+    return records

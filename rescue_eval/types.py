@@ -1,0 +1,105 @@
+"""The data that flows through one evaluation: a sample in, role requests and answers, a record out.
+
+Everything here is plain data (numpy arrays, PIL images, bytes) so it can be built in tests
+without models, and later sent between ranks.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Box = tuple[float, float, float, float]  # pixel xyxy, x2 > x1, y2 > y1, inside the image
+
+IGNORE = 255  # ground-truth label that counts in neither intersection nor union
+
+
+@dataclass
+class Sample:
+    """One dataset row: an image, a query and its ground truth.
+
+    `gt_mask` is uint8 HxW with 0 = background, 1 = target, 255 = ignore. A row that could not
+    be read keeps its id and gets `error` (a short reason) instead of raising: it is scored as
+    a failed sample, never dropped.
+    """
+
+    id: str
+    image_bytes: bytes
+    query: str
+    gt_mask: np.ndarray | None
+    subset: str = ""  # e.g. "short" / "long" for ReasonSeg's is_sentence
+    error: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def decode_image(self) -> Image.Image:
+        """The RGB image, EXIF rotation applied (the ground truth is drawn on the rotated image)."""
+        with Image.open(io.BytesIO(self.image_bytes)) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+
+
+@dataclass
+class Hypothesis:
+    """One planner proposal. `index` is its place in the planner's fixed order: hypothesis k is
+    the same whatever N is, so the first N' of a run are exactly an N'-hypothesis run."""
+
+    index: int
+    strategy: str
+    temperature: float
+    seed: int
+    raw_text: str
+    status: Literal["ok", "parse_error", "degenerate", "duplicate"]
+    box: Box | None
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+# ---- role requests (one item of a batch) and answers -------------------------------------
+
+
+@dataclass
+class PlanItem:
+    image: Image.Image
+    query: str
+    n: int
+    seed: int
+
+
+@dataclass
+class SegmentItem:
+    image: Image.Image
+    boxes: list[Box]
+
+
+@dataclass
+class ScoreItem:
+    image: Image.Image
+    masks: list[np.ndarray]  # bool HxW
+    query: str
+
+
+@dataclass
+class RateItem:
+    image: Image.Image
+    mask: np.ndarray
+    query: str
+
+
+@dataclass
+class DuelItem:
+    image: Image.Image
+    mask_a: np.ndarray
+    mask_b: np.ndarray
+    query: str
+
+
+@dataclass
+class JudgeAnswer:
+    """`value` is a rating in [0, 1] for `rate`, "A"/"B" for `duel`, None when unparsable."""
+
+    value: float | str | None
+    raw_text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
