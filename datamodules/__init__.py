@@ -8,6 +8,7 @@ import lightning as L
 
 from datamodules.demo import DemoDataModule
 from datamodules.reasonseg import ReasonSegDataModule
+from rescue_eval.errors import UsageError
 
 DATAMODULES = {
     "demo": DemoDataModule,
@@ -19,7 +20,7 @@ DATAMODULES = {
 def build_datamodule(name: str, **kwargs) -> L.LightningDataModule:
     """The data module registered under `name`, built with `kwargs` (e.g. root, split, fraction)."""
     if name not in DATAMODULES:
-        raise ValueError(f"unknown data module {name!r}: choose one of {sorted(DATAMODULES)}.")
+        raise UsageError(f"unknown data module {name!r}: choose one of {sorted(DATAMODULES)}.")
     return DATAMODULES[name](**kwargs)
 
 
