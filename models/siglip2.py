@@ -1,0 +1,102 @@
+"""Scorer backend: SigLIP2 image-text agreement of a masked crop and the query, through transformers.
+
+The scorer must judge the segmented region, not the whole picture, so each mask becomes a crop
+around its box (plus a 10% margin for context) with every pixel outside the mask painted
+neutral gray. SigLIP2 was trained with a sigmoid loss, so the score of one (crop, query) pair is
+sigmoid(cosine * exp(logit_scale) + logit_bias), independent of the other candidates (a softmax
+over candidates would not be).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from models.tiny import resolve_checkpoint
+from rescue_eval.masks import mask_box
+from rescue_eval.types import ScoreItem
+
+CROP_MARGIN = 0.10  # fraction of the mask's box added on each side
+NEUTRAL_GRAY = 127
+TEXT_LENGTH = 64  # SigLIP2 was trained on text padded / truncated to 64 tokens
+
+
+def masked_crop(pixels: np.ndarray, mask: np.ndarray, margin: float = CROP_MARGIN) -> Image.Image | None:
+    """From an HxWx3 uint8 image: the mask's box enlarged by `margin` on each side (clamped to the
+    image), pixels outside the mask set to gray; None for an empty mask."""
+    height, width = pixels.shape[:2]
+    if mask.shape != (height, width):
+        raise ValueError(f"Mask of shape {mask.shape} does not match the {width}x{height} image.")
+    box = mask_box(mask)
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+    left, top = max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy))
+    right, bottom = min(width, math.ceil(x2 + dx)), min(height, math.ceil(y2 + dy))
+    crop = pixels[top:bottom, left:right].copy()
+    crop[~mask[top:bottom, left:right].astype(bool)] = NEUTRAL_GRAY
+    return Image.fromarray(crop)
+
+
+class Siglip2Scorer:
+    def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32", max_batch: int = 32):
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        path = resolve_checkpoint(checkpoint)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.max_batch = max_batch
+        processor = AutoProcessor.from_pretrained(path)
+        # The two halves are called separately: the text is encoded once per distinct query while
+        # the crops go through in chunks. The image processor is called directly because
+        # `Siglip2Processor.__call__` replaces the checkpoint's `max_num_patches` with its own
+        # class default (256).
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.model = AutoModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+
+    def score(self, batch: list[ScoreItem]) -> list[list[float]]:
+        import torch
+
+        scores = [[0.0] * len(item.masks) for item in batch]  # an empty mask keeps 0.0
+        crops, slots, queries = [], [], []  # slots[k] = (item index, mask index) of crops[k]
+        for i, item in enumerate(batch):
+            pixels = np.asarray(item.image.convert("RGB"))  # converted once, cropped per mask
+            for j, mask in enumerate(item.masks):
+                crop = masked_crop(pixels, mask)
+                if crop is not None:
+                    crops.append(crop)
+                    slots.append((i, j))
+                    queries.append(item.query.lower())
+        if not crops:
+            return scores
+        with torch.inference_mode():
+            distinct = sorted(set(queries))
+            text_embeds = self._encode_texts(distinct)
+            text_row = {query: row for row, query in enumerate(distinct)}
+            scale, bias = self.model.logit_scale.float().exp(), self.model.logit_bias.float()
+            for start in range(0, len(crops), self.max_batch):
+                chunk = range(start, min(start + self.max_batch, len(crops)))
+                image_embeds = self._encode_images([crops[k] for k in chunk])
+                matching_text = text_embeds[[text_row[queries[k]] for k in chunk]]
+                logits = (image_embeds * matching_text).sum(dim=-1) * scale + bias
+                for k, value in zip(chunk, torch.sigmoid(logits).tolist()):
+                    i, j = slots[k]
+                    scores[i][j] = float(value)
+        return scores
+
+    def _encode_texts(self, texts: list[str]):
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt"
+        )
+        embeds = self.model.get_text_features(**tokens.to(self.device)).pooler_output.float()
+        return embeds / embeds.norm(dim=-1, keepdim=True)
+
+    def _encode_images(self, images: list[Image.Image]):
+        inputs = self.image_processor(images=images, return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        embeds = self.model.get_image_features(**inputs).pooler_output.float()
+        return embeds / embeds.norm(dim=-1, keepdim=True)

@@ -1,0 +1,64 @@
+"""A tiny random-weight SAM 3 tracker (`Sam3TrackerModel` + `Sam3TrackerProcessor`), built offline.
+
+Same classes and file layout as the real `facebook/sam3` tracker, scaled down: 224 px input,
+patch 14 (a 16 x 16 token grid), a 2-layer ViT of width 32 and a 32-wide prompt encoder / mask
+decoder. About 0.5 MB; random weights, so its masks are arbitrary but deterministic.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE_SIZE = 224
+PATCH_SIZE = 14
+HIDDEN = 32  # ViT width, FPN width, prompt encoder and mask decoder width (the decoder needs them equal)
+
+
+def build(out_dir: Path) -> None:
+    import torch
+    from transformers import (
+        Sam3ImageProcessor,
+        Sam3TrackerConfig,
+        Sam3TrackerModel,
+        Sam3TrackerProcessor,
+        Sam3ViTConfig,
+        Sam3VisionConfig,
+    )
+
+    grid = IMAGE_SIZE // PATCH_SIZE  # 16 tokens a side
+    backbone = Sam3ViTConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        pretrain_image_size=IMAGE_SIZE,  # position embeddings cover the grid: no tiling
+        window_size=grid // 2,  # layer 0 windowed, layer 1 global, as in the real model's mix
+        global_attn_indexes=[1],
+    )
+    # The tracker uses three FPN levels (4x, 2x, 1x the token grid); the real model's 0.5x level
+    # only serves the concept detector, so it is left out here.
+    vision = Sam3VisionConfig(
+        backbone_config=backbone,
+        fpn_hidden_size=HIDDEN,
+        scale_factors=[4.0, 2.0, 1.0],
+        backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]],
+    )
+    config = Sam3TrackerConfig(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": HIDDEN, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
+        mask_decoder_config={
+            "hidden_size": HIDDEN,
+            "mlp_dim": 2 * HIDDEN,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": HIDDEN,
+        },
+    )
+    torch.manual_seed(0)
+    Sam3TrackerModel(config).eval().save_pretrained(out_dir)
+
+    image_processor = Sam3ImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        mask_size={"height": 4 * grid, "width": 4 * grid},
+    )
+    Sam3TrackerProcessor(image_processor=image_processor).save_pretrained(out_dir)

@@ -1,0 +1,116 @@
+"""The SAM 3 tracker segmenter on the tiny random checkpoint: shapes, order, one encoder pass per
+image, batching invariance, and the checkpoint's save / load round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import tiny
+from models.protocols import Segmenter
+from models.sam3_tracker import Sam3TrackerSegmenter
+from rescue_eval.types import SegmentItem
+
+WIDTH, HEIGHT = 200, 150  # non-square, so a swapped height / width shows
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return str(tiny.build("sam3-tracker", root=tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def segmenter(checkpoint) -> Sam3TrackerSegmenter:
+    return Sam3TrackerSegmenter(checkpoint)
+
+
+def make_image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+
+
+BOXES = [(10.0, 10.0, 100.0, 90.0), (50.0, 20.0, 190.0, 140.0), (0.0, 0.0, 200.0, 150.0)]
+
+
+def test_is_a_segmenter(segmenter):
+    assert isinstance(segmenter, Segmenter)
+
+
+def test_one_bool_mask_per_box_at_image_size(segmenter):
+    [masks] = segmenter.segment([SegmentItem(make_image(0), BOXES)])
+    assert len(masks) == len(BOXES)
+    for mask in masks:
+        assert mask.dtype == bool
+        assert mask.shape == (HEIGHT, WIDTH)
+    assert not all(np.array_equal(masks[0], m) for m in masks[1:])  # the boxes do steer the decoder
+
+
+def test_boxes_decoded_together_match_one_at_a_time_in_order(segmenter):
+    image = make_image(1)
+    [together] = segmenter.segment([SegmentItem(image, BOXES)])
+    for box, mask in zip(BOXES, together):
+        [[alone]] = segmenter.segment([SegmentItem(image, [box])])
+        assert np.array_equal(mask, alone)
+
+
+def test_items_batched_match_items_alone(segmenter):
+    items = [SegmentItem(make_image(2), BOXES[:2]), SegmentItem(make_image(3), BOXES[2:])]
+    batched = segmenter.segment(items)
+    for item, masks in zip(items, batched):
+        [alone] = segmenter.segment([item])
+        assert len(masks) == len(alone)
+        assert all(np.array_equal(a, b) for a, b in zip(masks, alone))
+
+
+def test_item_without_boxes_gets_no_masks(segmenter):
+    assert segmenter.segment([SegmentItem(make_image(4), [])]) == [[]]
+    out = segmenter.segment([SegmentItem(make_image(4), []), SegmentItem(make_image(5), BOXES[:1])])
+    assert out[0] == [] and len(out[1]) == 1
+
+
+def test_each_image_encoded_once_and_decoded_once(segmenter, monkeypatch):
+    model = segmenter.model
+    images_embedded, encoder_calls, decoder_calls = [], [], []
+    real_get_image_embeddings = model.get_image_embeddings
+
+    def spy(pixel_values, **kwargs):
+        images_embedded.append(pixel_values.shape[0])
+        return real_get_image_embeddings(pixel_values, **kwargs)
+
+    monkeypatch.setattr(model, "get_image_embeddings", spy)
+    hooks = [
+        model.vision_encoder.register_forward_hook(lambda *_: encoder_calls.append(1)),
+        model.mask_decoder.register_forward_hook(lambda *_: decoder_calls.append(1)),
+    ]
+    try:
+        items = [SegmentItem(make_image(6), BOXES), SegmentItem(make_image(7), []), SegmentItem(make_image(8), BOXES[:2])]
+        segmenter.segment(items)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert sum(images_embedded) == 2  # the two images with boxes, each once
+    assert len(encoder_calls) == 1  # decoding never re-runs the image encoder
+    assert len(decoder_calls) == 2  # one batched prompt call per image with boxes
+
+
+def test_deterministic_build_and_load_round_trip(checkpoint, tmp_path):
+    import torch
+    from transformers import AutoProcessor, Sam3TrackerModel, Sam3TrackerProcessor
+
+    model = Sam3TrackerModel.from_pretrained(checkpoint)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    assert isinstance(processor, Sam3TrackerProcessor)
+    assert processor.image_processor.size["height"] == model.config.prompt_encoder_config.image_size == 224
+
+    rebuilt_dir = tiny.build("sam3-tracker", root=tmp_path)
+    assert (rebuilt_dir / "model.safetensors").stat().st_size < 1_000_000
+    rebuilt = Sam3TrackerModel.from_pretrained(rebuilt_dir).state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, rebuilt[name]), name
+
+
+def test_tiny_spec_builds_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESCUE_EVAL_CACHE", str(tmp_path))
+    segmenter = Sam3TrackerSegmenter("tiny:sam3-tracker")
+    assert (tmp_path / "tiny" / "sam3-tracker" / "config.json").exists()
+    [masks] = segmenter.segment([SegmentItem(make_image(9), BOXES[:1])])
+    assert masks[0].shape == (HEIGHT, WIDTH)
