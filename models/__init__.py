@@ -3,6 +3,7 @@ library it needs is imported only when that backend is built."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import asdict
 
 from rescue_eval.errors import UsageError
@@ -35,10 +36,13 @@ def build_role(role: str, cfg) -> object:
         choices = sorted(b for r, b in ADAPTERS if r == role)
         raise UsageError(f"{role}.backend {cfg.backend!r} is not available; choose one of {choices}.")
     check_device(role, cfg.device)
-    module, cls = ADAPTERS[key].split(":")
-    kwargs = {k: v for k, v in asdict(cfg).items() if k not in HARNESS_KEYS}
+    module, name = ADAPTERS[key].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    accepted = inspect.signature(cls).parameters
+    # keys an adapter does not take (e.g. the role server's max_batch) are the harness's
+    kwargs = {k: v for k, v in asdict(cfg).items() if k not in HARNESS_KEYS and k in accepted}
     try:
-        return getattr(importlib.import_module(module), cls)(**kwargs)
+        return cls(**kwargs)
     except OSError as exc:  # from_pretrained: not a folder, not in the Hugging Face cache
         raise UsageError(f"{role}.checkpoint {cfg.checkpoint!r} could not be loaded ({exc.__class__.__name__}); "
                          f"point --{role}.checkpoint at a local checkpoint folder, or download it on a "

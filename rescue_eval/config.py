@@ -27,7 +27,7 @@ LEGACY_FLAGS = {  # original RESCue option -> dotted key
 }
 
 # Keys that change how a run goes but not its results: a resumed run may change them freely.
-RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests"}
+RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests", "run.max_wait_ms"}
 
 
 @dataclass
@@ -84,7 +84,8 @@ class JudgeConfig(RoleConfig):
 @dataclass
 class RunConfig:
     seed: int = 0
-    parallel_requests: int = 4  # samples in flight together (one batch per stage)
+    parallel_requests: int = 4  # samples in flight on this rank; their role calls are micro-batched
+    max_wait_ms: float = 5.0  # how long a role server waits to fill a batch
     overlays: int = 8  # overlay images of the first samples in the report
     progress: bool = True
     force: bool = False  # resume into an output directory made with a different config

@@ -174,5 +174,5 @@ def rebuild(out: Path) -> dict:
     summary.setdefault("mode", cfg.verifier.mode)
     summary.setdefault("notes", runner.notes_of(cfg, dm))
     runner.write_summary(out, summary)
-    write_report(out, summary, records, dm, cfg.run.overlays)
+    write_report(out, summary, records, dm.dataset, cfg.run.overlays)
     return summary

@@ -10,6 +10,7 @@ import logging
 import platform
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -101,23 +102,50 @@ def run(cfg: Config, out: Path, rank: int = 0, world: int = 1) -> dict:
     for i in shard:
         if ids[i] in finished:
             metrics.update_record(finished[ids[i]])
-    log.info("rank %d: %d samples in shard, %d already done, %d to run", rank, len(shard), len(shard) - len(todo),
-             len(todo))
+    log.info("rank %d: %d samples in its shard, %d already done", rank, len(shard), len(shard) - len(todo))
 
-    from rescue_eval.roles import build_roles
+    from rescue_eval.roles import start_local_roles
 
-    roles = build_roles(cfg) if todo else None
-    writer = ResultWriter(out, rank)
+    roles, servers = start_local_roles(cfg) if todo else (None, {})
     start = time.perf_counter()
-    bar = tqdm(total=len(shard), initial=len(shard) - len(todo), unit="sample", desc="rescue-eval",
-               disable=not cfg.run.progress, dynamic_ncols=True)
+    try:
+        stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
+                             cfg.run.parallel_requests, progress=cfg.run.progress, already=len(shard) - len(todo))
+    finally:
+        for server in servers.values():
+            server.close()
+    wall = time.perf_counter() - start
+
+    summary = metrics.compute()
+    summary.update(
+        dataset={"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)},
+        mode=cfg.verifier.mode, notes=notes_of(cfg, dm),
+        roles={name: {"ranks": [rank], **s.stats()} for name, s in servers.items()},
+        timing={"wall_s": wall, "new_samples": len(todo), "samples_per_s": len(todo) / wall if wall > 0 else 0.0,
+                "mean_stage_s": {k: v / max(len(todo), 1) for k, v in stage_totals.items()}},
+        environment=environment(),
+    )
+    write_summary(out, summary)
+    write_report(out, summary, finished, dm.dataset, cfg.run.overlays)
+    return summary
+
+
+def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: ResultWriter, metrics: SplitMetrics,
+          finished: dict, parallel_requests: int, progress: bool, already: int) -> dict[str, float]:
+    """Search this rank's samples with up to `parallel_requests` in flight; write each record as
+    it finishes. Returns the summed per-stage seconds."""
     stage_totals: dict[str, float] = {}
     iou_sum = 0.0
+    bar = tqdm(total=len(todo) + already, initial=already, unit="sample", desc="rescue-eval",
+               disable=not progress, dynamic_ncols=True)
+
+    def one(index: int) -> dict:
+        return search_batch([dataset[index]], roles, settings)[0]
+
     try:
-        step = cfg.run.parallel_requests
-        for first in range(0, len(todo), step):
-            samples = [dataset[i] for i in todo[first:first + step]]
-            for rec in search_batch(samples, roles, settings):
+        with ThreadPoolExecutor(max_workers=parallel_requests, thread_name_prefix="sample") as pool:
+            for done, future in enumerate(as_completed([pool.submit(one, i) for i in todo]), start=1):
+                rec = future.result()
                 writer.append(rec)
                 finished[rec["id"]] = rec
                 metrics.update_record(rec)
@@ -125,25 +153,11 @@ def run(cfg: Config, out: Path, rank: int = 0, world: int = 1) -> dict:
                 for stage, s in rec["timing"].items():
                     stage_totals[stage] = stage_totals.get(stage, 0.0) + s
                 bar.update(1)
-            bar.set_postfix(gIoU=f"{100 * iou_sum / (first + len(samples)):.1f}")  # of this run's new samples
+                bar.set_postfix(gIoU=f"{100 * iou_sum / done:.1f}")  # of this run's new samples
     finally:
         bar.close()
         writer.close()
-    wall = time.perf_counter() - start
-
-    summary = metrics.compute()
-    summary.update(
-        dataset={"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)},
-        mode=cfg.verifier.mode, notes=notes_of(cfg, dm),
-        roles={} if roles is None else {r.name: {"ranks": [rank], **r.stats(wall)} for r in
-                                         (roles.planner, roles.executor, roles.scorer, roles.judge) if r is not None},
-        timing={"wall_s": wall, "new_samples": len(todo), "samples_per_s": len(todo) / wall if wall > 0 else 0.0,
-                "mean_stage_s": {k: v / max(len(todo), 1) for k, v in stage_totals.items()}},
-        environment=environment(),
-    )
-    write_summary(out, summary)
-    write_report(out, summary, finished, dm, cfg.run.overlays)
-    return summary
+    return stage_totals
 
 
 def write_summary(out: Path, summary: dict) -> None:

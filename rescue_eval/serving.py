@@ -1,0 +1,130 @@
+"""A role server: a bounded request queue and a micro-batcher in front of one backend.
+
+Driver threads (this rank's samples in flight, and other ranks' requests arriving over RPC)
+submit small requests - one sample's boxes, one sample's candidates. The batcher merges
+requests for the same method until `max_batch` items or `max_wait_s`, makes one backend call,
+and hands each request its own slice of the answers. A merged call that raises is retried
+request by request, so an error stays with the request (and sample) that caused it.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+PROTOCOL_METHODS = ("propose", "segment", "score", "rate", "duel")
+
+
+@dataclass
+class _Request:
+    method: str
+    items: list
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class RoleServer:
+    def __init__(self, name: str, backend: object, max_batch: int = 16, max_wait_s: float = 0.005,
+                 queue_size: int = 1024):
+        self.name, self.backend = name, backend
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
+        self._held: _Request | None = None  # a request taken from the queue that did not fit a batch
+        self.requests = self.batches = 0
+        self.busy_s = self.queue_wait_s = 0.0
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, name=f"role-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, method: str, items: list) -> Future:
+        """Queue a request; blocks while the queue is full (back-pressure on the drivers)."""
+        request = _Request(method, list(items))
+        if not request.items:
+            request.future.set_result([])
+        else:
+            self._queue.put(request)
+        return request.future
+
+    def call(self, method: str, items: list) -> list:
+        return self.submit(method, items).result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def stats(self) -> dict:
+        wall = time.perf_counter() - self.started
+        return {"requests": self.requests, "batches": self.batches,
+                "mean_batch": self.requests / self.batches if self.batches else 0.0,
+                "busy_s": self.busy_s, "busy_fraction": self.busy_s / wall if wall > 0 else 0.0,
+                "mean_queue_wait_s": self.queue_wait_s / self.batches if self.batches else 0.0}
+
+    # ---- batcher thread ----------------------------------------------------------------------
+
+    def _next(self, timeout: float | None) -> _Request | None:
+        if self._held is not None:
+            request, self._held = self._held, None
+            return request
+        return self._queue.get(timeout=timeout)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                return
+            batch, size = [first], len(first.items)
+            deadline = time.perf_counter() + self.max_wait_s
+            while size < self.max_batch:
+                try:
+                    nxt = self._next(max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if nxt is None or nxt.method != first.method or size + len(nxt.items) > self.max_batch:
+                    self._held = nxt if nxt is not None else None
+                    if nxt is None:
+                        self._queue.put(None)  # keep the stop signal for the next round
+                    break
+                batch.append(nxt)
+                size += len(nxt.items)
+            self._run(first.method, batch)
+
+    def _run(self, method: str, batch: list[_Request]) -> None:
+        start = time.perf_counter()
+        self.queue_wait_s += sum(start - r.submitted for r in batch) / len(batch)
+        fn = getattr(self.backend, method)
+        try:
+            answers = fn([item for r in batch for item in r.items])
+            if len(answers) != sum(len(r.items) for r in batch):
+                raise RuntimeError(f"{self.name}.{method} returned {len(answers)} answers")
+            offset = 0
+            for r in batch:
+                r.future.set_result(answers[offset:offset + len(r.items)])
+                offset += len(r.items)
+        except Exception as exc:  # noqa: BLE001 - retried per request below, or passed to the caller
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:
+                for r in batch:
+                    try:
+                        r.future.set_result(fn(r.items))
+                    except Exception as one:  # noqa: BLE001
+                        r.future.set_exception(one)
+        finally:
+            self.busy_s += time.perf_counter() - start
+            self.batches += 1
+            self.requests += sum(len(r.items) for r in batch)
+
+
+class LocalRole:
+    """The protocol methods of a role, served by a RoleServer in this process."""
+
+    def __init__(self, server: RoleServer):
+        self.server = server
+        self.name = server.name
+
+    def __getattr__(self, method: str):
+        if method not in PROTOCOL_METHODS:
+            raise AttributeError(method)
+        return lambda batch: self.server.call(method, batch)
