@@ -1,0 +1,235 @@
+"""Qwen3-VL planner and judge on Hugging Face transformers (CPU or GPU).
+
+Both roles batch their requests into one `generate` call per chunk of `max_batch` prompts
+(left padding). Answers are constrained to the role's JSON schema by xgrammar's transformers
+logits processor and parsed leniently anyway (models/parsing.py).
+
+Planner sampling is the Gumbel-max trick with one torch.Generator per row: hypothesis k draws
+its noise from its own seed, so its text does not depend on which other prompts share the
+batch, and every row can have its own temperature. generate() itself runs greedy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+from PIL import Image
+
+from models.parsing import parse_box, parse_rating, parse_verdict
+from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES, duel_messages, plan_messages, rate_messages
+from models.tiny import resolve_checkpoint
+from rescue_eval.masks import overlay
+from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens_in: int  # prompt tokens, padding excluded (image tokens included)
+    tokens_out: int  # generated tokens up to and including the stop token
+
+
+class LoadedVLM:
+    """One Qwen3-VL model + processor; planner and judge on the same checkpoint share it."""
+
+    def __init__(self, path: str, device: str, dtype: str):
+        import torch
+        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor.tokenizer.padding_side = "left"  # generate appends on the right
+        self.model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
+        self.model.to(device).eval()
+        self.device = device
+        eos = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
+        self.stop_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        # One generate() at a time, even when a planner and a judge sharing this model are served
+        # from different threads: the model keeps per-call state (rope_deltas), the tokenizer
+        # its padding settings, and the grammar cache is filled lazily.
+        self.lock = threading.Lock()
+        self._compiler = None
+        self._grammars: dict[str, object] = {}
+
+    def grammar(self, schema: dict):
+        """The schema compiled for this tokenizer (compiled once, reused by every call)."""
+        import xgrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            if self._compiler is None:
+                # The mask must span the model's vocabulary (lm_head rows), which real Qwen
+                # checkpoints pad beyond the tokenizer's length.
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self.processor.tokenizer, vocab_size=self.model.config.text_config.vocab_size,
+                    stop_token_ids=self.stop_ids)
+                self._compiler = xgrammar.GrammarCompiler(info)
+            # Compact separators: the answer starts '{"bbox_2d":[' and spends no tokens on spaces.
+            self._grammars[key] = self._compiler.compile_json_schema(
+                schema, any_whitespace=False, separators=(",", ":"))
+        return self._grammars[key]
+
+    def generate(self, conversations: list[list[dict]], images: list[list[Image.Image]],
+                 max_new_tokens: int, schema: dict | None, sampler=None) -> list[Generation]:
+        """One batched generate call; images[i] fill the {"type": "image"} parts of conversation i."""
+        import torch
+        from transformers import LogitsProcessorList
+        from xgrammar.contrib.hf import LogitsProcessor as GrammarLogitsProcessor
+
+        with self.lock, torch.inference_mode():
+            texts = [self.processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                     for c in conversations]
+            inputs = self.processor(text=texts, images=[im for row in images for im in row],
+                                    padding=True, return_tensors="pt").to(self.device)
+            # The grammar masks disallowed tokens to -inf first, so the sampler picks only allowed ones.
+            processors = LogitsProcessorList()
+            if schema is not None:
+                processors.append(GrammarLogitsProcessor(self.grammar(schema)))  # single use per call
+            if sampler is not None:
+                processors.append(sampler)
+            # Explicit greedy settings override sampling defaults a real checkpoint ships with.
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                         repetition_penalty=1.0, logits_processor=processors)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return [Generation(self._decode(tokens), int(n_in), self._count_until_stop(tokens))
+                for tokens, n_in in zip(new_tokens, prompt_lengths)]
+
+    def _count_until_stop(self, tokens: list[int]) -> int:
+        for i, token in enumerate(tokens):
+            if token in self.stop_ids:
+                return i + 1
+        return len(tokens)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.processor.tokenizer.decode(tokens[:self._count_until_stop(tokens)], skip_special_tokens=True)
+
+
+_LOADED: dict[tuple[str, str, str], LoadedVLM] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_shared(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> LoadedVLM:
+    """The model for (checkpoint, device, dtype), loaded on first request only."""
+    with _LOADED_LOCK:
+        key = (resolve_checkpoint(checkpoint), device, dtype)  # `tiny:x` and its path are one model
+        if key not in _LOADED:
+            _LOADED[key] = LoadedVLM(*key)
+        return _LOADED[key]
+
+
+def hypothesis_seed(item_seed: int, index: int) -> int:
+    """A 63-bit seed for hypothesis `index` of an item; stable across processes and runs
+    (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(f"rescue-plan:{item_seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class GumbelSampler:
+    """Logits processor: sampling as argmax(logits / T + Gumbel noise), one generator per row.
+
+    A plain callable (LogitsProcessorList takes any), so this module imports no model library
+    until a model is loaded. Every row draws one full-vocabulary noise vector per step from its own seeded generator,
+    so a row's samples are those it would get alone. A temperature of 0 means greedy.
+    """
+
+    def __init__(self, seeds: list[int], temperatures: list[float]):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperatures = temperatures
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        rows = []
+        for row, generator, temperature in zip(scores, self.generators, self.temperatures):
+            if temperature <= 0:
+                rows.append(row)
+                continue
+            # noise from a CPU generator: the same stream on every device
+            uniform = torch.rand(row.shape[-1], generator=generator, dtype=torch.float32)
+            gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+            rows.append(row.float() / temperature + gumbel.to(row.device))
+        return torch.stack(rows).to(scores.dtype)
+
+
+class PlanRow(NamedTuple):
+    """One hypothesis to generate: one row of a generate batch."""
+    item: int  # index in the request batch
+    index: int  # k, the hypothesis index within its item
+    strategy: str
+    temperature: float
+    seed: int
+
+
+class Qwen3VLPlanner:
+    """Planner: item.n box hypotheses per item; hypothesis k uses strategy k % len(strategies),
+    temperature k % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
+                 max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
+                 strategies: Sequence[str] | None = None, temperatures: Sequence[float] = (0.3, 0.7, 1.0)):
+        self.vlm = load_shared(checkpoint, device, dtype)
+        self.max_new_tokens = max_new_tokens
+        self.schema = PLAN_SCHEMA if structured_output else None
+        self.max_batch = max_batch
+        self.strategies = list(strategies) if strategies else list(STRATEGIES)
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"Unknown planner strategies {unknown}; choose from {list(STRATEGIES)}.")
+        self.temperatures = [float(t) for t in temperatures]
+        if not self.temperatures:
+            raise ValueError("temperatures must not be empty")
+
+    def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
+        rows = [PlanRow(i, k, self.strategies[k % len(self.strategies)],
+                        self.temperatures[k % len(self.temperatures)], hypothesis_seed(item.seed, k))
+                for i, item in enumerate(batch) for k in range(item.n)]  # (item, k) order
+        results: list[list[Hypothesis]] = [[] for _ in batch]
+        for start in range(0, len(rows), self.max_batch):
+            chunk = rows[start:start + self.max_batch]
+            sampler = GumbelSampler([row.seed for row in chunk], [row.temperature for row in chunk])
+            generations = self.vlm.generate(
+                [plan_messages(batch[row.item].query, row.strategy) for row in chunk],
+                [[batch[row.item].image] for row in chunk], self.max_new_tokens, self.schema, sampler)
+            for row, generation in zip(chunk, generations):
+                image = batch[row.item].image
+                box, status = parse_box(generation.text, image.width, image.height)
+                results[row.item].append(Hypothesis(
+                    index=row.index, strategy=row.strategy, temperature=row.temperature, seed=row.seed,
+                    raw_text=generation.text, status=status, box=box,
+                    tokens_in=generation.tokens_in, tokens_out=generation.tokens_out))
+        return results
+
+
+class Qwen3VLJudge:
+    """Judge: greedy (deterministic) answers about masks drawn in red on the image."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
+                 max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16):
+        self.vlm = load_shared(checkpoint, device, dtype)
+        self.max_new_tokens = max_new_tokens
+        self.structured_output = structured_output
+        self.max_batch = max_batch
+
+    def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:
+        conversations = [rate_messages(item.query) for item in batch]
+        images = [[overlay(item.image, item.mask)] for item in batch]
+        return self._ask(conversations, images, RATE_SCHEMA, parse_rating)
+
+    def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
+        conversations = [duel_messages(item.query) for item in batch]
+        images = [[overlay(item.image, item.mask_a), overlay(item.image, item.mask_b)] for item in batch]
+        return self._ask(conversations, images, DUEL_SCHEMA, parse_verdict)
+
+    def _ask(self, conversations, images, schema, parse) -> list[JudgeAnswer]:
+        answers = []
+        for start in range(0, len(conversations), self.max_batch):
+            end = start + self.max_batch
+            generations = self.vlm.generate(conversations[start:end], images[start:end], self.max_new_tokens,
+                                            schema if self.structured_output else None)
+            answers += [JudgeAnswer(parse(g.text), g.text, g.tokens_in, g.tokens_out) for g in generations]
+        return answers

@@ -1,0 +1,120 @@
+"""A tiny random-weight Qwen3-VL checkpoint (about 1 MB), built offline and deterministically.
+
+It has the real classes end to end (Qwen3VLForConditionalGeneration, Qwen3VLProcessor with
+Qwen2VLImageProcessor, a Qwen2Tokenizer and a chat template in Qwen's format), so the adapter
+loads it with the same `from_pretrained` calls as a real checkpoint. Its answers are noise.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
+
+BPE_VOCAB_SIZE = 600  # 256 byte symbols + merges learned from CORPUS
+VOCAB_MULTIPLE = 64  # real Qwen pads lm_head past the tokenizer: keep that case exercised
+SEED = 0
+
+# Text the tokenizer is trained on: JSON answers as the schemas shape them, and prompt words.
+CORPUS = [
+    '{"bbox_2d":[12,345,678,910]}', '{"bbox_2d": [0, 1000, 250, 500]}',
+    '{"score":7}', '{"score": 10}', '{"winner":"A"}', '{"winner": "B"}',
+    "0 1 2 3 4 5 6 7 8 9 10 25 50 100 250 500 750 1000 [ ] { } : , \" ' . ? ! - ( )",
+    "```json ``` <think> </think> bbox_2d bbox box score winner image mask red candidate",
+    "Find the object the query refers to and answer with its bounding box as JSON.",
+    "Coordinates are integers on a 0 to 1000 grid relative to the image width and height.",
+    "Think about what the object is used for, its function, its parts and the whole object,",
+    "the context and location in the scene, left right top bottom middle near far behind.",
+    "Rate how well the red mask covers the object described by the query from 0 to 10.",
+    "Which of the two images, A or B, shows the red mask that better matches the query?",
+    "the thing you would use to cut the bread, the person holding an umbrella, a cup on a table",
+    "You are a careful visual assistant. Answer only with JSON. Query: user assistant system",
+]
+
+# Qwen's format; a message's content is a string or a list of {"type": "image"|"text"} parts.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def build(out_dir: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    out_dir = Path(out_dir)
+    tokenizer = _train_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    # patch 16 x merge 2 = 32 px per image token; <= 256x256 px keeps an image at <= 64 tokens
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, temporal_patch_size=2, merge_size=2, min_pixels=64 * 64, max_pixels=256 * 256,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    video_processor = Qwen3VLVideoProcessor(
+        patch_size=16, temporal_patch_size=2, merge_size=2,
+        size={"shortest_edge": 64 * 64, "longest_edge": 256 * 256})
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+            pad_token_id=ids[END_OF_TEXT]),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+            num_position_embeddings=64, deepstack_visual_indexes=[1]),
+        image_token_id=ids[IMAGE_PAD], video_token_id=ids[VIDEO_PAD],
+        vision_start_token_id=ids[VISION_START], vision_end_token_id=ids[VISION_END],
+        tie_word_embeddings=False)
+    config.eos_token_id = ids[IM_END]
+    config.pad_token_id = ids[END_OF_TEXT]
+
+    with torch.random.fork_rng():  # seeded weights without touching the caller's RNG state
+        torch.manual_seed(SEED)
+        model = Qwen3VLForConditionalGeneration(config).eval()
+    # Like Qwen's instruct checkpoints: a turn ends at <|im_end|>, <|endoftext|> also stops.
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids[IM_END], ids[END_OF_TEXT]], pad_token_id=ids[END_OF_TEXT])
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def _train_tokenizer():
+    """Byte-level BPE with Qwen2's pre-tokenizer, trained on CORPUS; the specials come after the
+    learned vocabulary, as in Qwen's tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(CORPUS, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]  # the learned vocab and merges
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return Qwen2Tokenizer(
+        vocab=state["vocab"], merges=merges, unk_token=None, eos_token=IM_END, pad_token=END_OF_TEXT,
+        extra_special_tokens=SPECIAL_TOKENS[1:], model_max_length=32768)
