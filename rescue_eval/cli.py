@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     cfg, out = config.parse(argv)
     summary = runner.run(cfg, out)
+    if os.environ.get("RANK", "0") != "0":  # rank 0 speaks for the job
+        return 0
     print(json.dumps({k: summary[k] for k in ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures")}))
     print(f"wrote {out}/summary.json and {out}/report.md")
     return 0

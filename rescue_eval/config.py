@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -26,8 +26,10 @@ LEGACY_FLAGS = {  # original RESCue option -> dotted key
     "--max_n": "--planner.max_n",
 }
 
-# Keys that change how a run goes but not its results: a resumed run may change them freely.
+# Keys that change how a run goes but not its results: a resumed run may change them freely
+# (placement included: results do not depend on the world size or the layout).
 RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests", "run.max_wait_ms"}
+RESUME_FREE_SECTIONS = {"placement", "dist", "wandb"}
 
 
 @dataclass
@@ -91,6 +93,35 @@ class RunConfig:
     force: bool = False  # resume into an output directory made with a different config
 
 
+Hosts = Union[Literal["all"], list[int]]
+
+
+@dataclass
+class PlacementConfig:
+    """Ranks that host each role. `all`: every rank has its own copy and calls it locally."""
+
+    planner: Hosts = "all"
+    executor: Hosts = "all"
+    scorer: Hosts = "all"
+    judge: Hosts = "all"
+
+
+@dataclass
+class DistConfig:
+    timeout_s: float = 86400.0  # collectives: ranks may finish their shards hours apart
+    rpc_timeout_s: float = 1800.0  # one role call, its queueing included
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    mode: Literal["auto", "offline", "online"] = "auto"  # auto: online only when credentials exist
+    project: str = "rescue-eval"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    table_samples: int = 16  # rows of the logged sample table (image, ground truth, prediction)
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,6 +131,9 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     verifier: VerifierSettings = field(default_factory=VerifierSettings)
     run: RunConfig = field(default_factory=RunConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 def parser(prog: str = "rescue-eval run") -> ArgumentParser:
@@ -173,6 +207,6 @@ def result_affecting_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             diffs += result_affecting_diff(va, vb, dotted + ".")
-        elif va != vb and dotted not in RESUME_FREE_KEYS:
+        elif va != vb and dotted not in RESUME_FREE_KEYS and dotted.split(".")[0] not in RESUME_FREE_SECTIONS:
             diffs.append(dotted)
     return diffs

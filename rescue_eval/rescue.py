@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from rescue_eval.errors import FatalError
 from rescue_eval.masks import box_iou, encode_rle, intersection_union, pairwise_iou, sample_iou
 from rescue_eval.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
 from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select, stable_seed
@@ -62,6 +63,8 @@ def call_batched(role: str, fn, items: list) -> list:
         if len(answers) == len(items):
             return answers
         error: Exception = RuntimeError(f"returned {len(answers)} answers for {len(items)} items")
+    except FatalError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any backend failure becomes a counted failure
         error = exc
     if len(items) == 1:
@@ -154,6 +157,8 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
             start = time.perf_counter()
             try:
                 verify(w, roles, settings)
+            except FatalError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a judge that raises fails this sample only
                 fail(w.record, "judge_error", f"judge: {type(exc).__name__}: {exc}")
             w.record["timing"]["verify"] = time.perf_counter() - start

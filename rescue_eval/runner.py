@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
@@ -88,76 +92,221 @@ def notes_of(cfg: Config, dm) -> list[str]:
     return notes
 
 
-def run(cfg: Config, out: Path, rank: int = 0, world: int = 1) -> dict:
-    out = Path(out)
-    prepare_output(out, cfg)
+def run(cfg: Config, out: Path) -> dict:
+    """The job on this rank. Under torchrun every rank calls this with the same config."""
+    from rescue_eval import transport
+    from rescue_eval.roles import validate_placement
+
+    rank, world, local_rank = transport.env_rank_world()
+    validate_placement(cfg, world, rank, local_rank)
+    servers: dict = {}
+    if world > 1:
+        transport.init(rank, world, cfg.dist.timeout_s, cfg.dist.rpc_timeout_s)
+    try:
+        summary = _run_rank(cfg, Path(out), rank, world, local_rank, servers)
+    except BaseException:
+        if world > 1:
+            transport.abort()  # no graceful goodbye: torchrun stops the other ranks
+        raise
+    if world > 1:
+        transport.shutdown()  # waits until no rank needs the roles served here
+    for server in servers.values():
+        server.close()
+    return summary
+
+
+def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, servers: dict) -> dict:
+    from rescue_eval.roles import clients, merge_role_stats, start_servers
+
+    on_all_ranks(lambda: prepare_output(out, cfg), rank, world)
     dm = build_data(cfg)
     dataset, ids = dm.dataset, dm.ids
     settings = settings_of(cfg)
     metrics = SplitMetrics(settings.sweep, dm.subsets)
 
-    shard = list(range(rank, len(ids), world))
+    shard = list(range(rank, len(ids), world))  # strided: no padding, no duplicates
     finished = load_records(out)
     todo = [i for i in shard if ids[i] not in finished]
     for i in shard:
         if ids[i] in finished:
             metrics.update_record(finished[ids[i]])
-    log.info("rank %d: %d samples in its shard, %d already done", rank, len(shard), len(shard) - len(todo))
+    log.info("rank %d/%d: %d samples in its shard, %d already done", rank, world, len(shard), len(shard) - len(todo))
 
-    from rescue_eval.roles import start_local_roles
+    servers.update(start_servers(cfg, rank, world, local_rank))
+    roles = clients(cfg, servers, world)
+    if world > 1:
+        from rescue_eval import transport
 
-    roles, servers = start_local_roles(cfg) if todo else (None, {})
+        for server in servers.values():
+            transport.host(server)
+        dist.barrier()  # every role is served before anyone calls it
+    tracker = None
+    if cfg.wandb.enabled:
+        from rescue_eval.tracking import tracker_for
+
+        tracker = tracker_for(out, config_mod.to_dict(cfg), cfg.wandb, rank)
     start = time.perf_counter()
+    progress = JobProgress(rank, world, total=len(ids), done=sum(i in finished for i in ids),
+                           enabled=cfg.run.progress)
+    fault = FaultInjection.from_env(out, rank)
     try:
         stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
-                             cfg.run.parallel_requests, progress=cfg.run.progress, already=len(shard) - len(todo))
+                             cfg.run.parallel_requests, progress, fault)
     finally:
-        for server in servers.values():
-            server.close()
+        progress.close()
     wall = time.perf_counter() - start
 
-    summary = metrics.compute()
+    summary = metrics.compute()  # syncs the metric states of all ranks
+    mine = {"roles": {name: s.stats() for name, s in servers.items()}, "new": len(todo), "stages": stage_totals}
+    gathered = gather(mine, world)
+    if rank != 0:
+        return summary
+    new = sum(g["new"] for g in gathered)
+    stages: dict[str, float] = {}
+    for g in gathered:
+        for k, v in g["stages"].items():
+            stages[k] = stages.get(k, 0.0) + v
     summary.update(
         dataset={"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)},
-        mode=cfg.verifier.mode, notes=notes_of(cfg, dm),
-        roles={name: {"ranks": [rank], **s.stats()} for name, s in servers.items()},
-        timing={"wall_s": wall, "new_samples": len(todo), "samples_per_s": len(todo) / wall if wall > 0 else 0.0,
-                "mean_stage_s": {k: v / max(len(todo), 1) for k, v in stage_totals.items()}},
+        mode=cfg.verifier.mode, world_size=world, notes=notes_of(cfg, dm),
+        roles=merge_role_stats([g["roles"] for g in gathered]),
+        timing={"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
+                "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}},
         environment=environment(),
     )
     write_summary(out, summary)
-    write_report(out, summary, finished, dm.dataset, cfg.run.overlays)
+    records = load_records(out)  # every rank's records, for the report
+    write_report(out, summary, records, dataset, cfg.run.overlays)
+    if tracker is not None:
+        tracker.log_results(summary, records, dataset, cfg.wandb.table_samples)
+        tracker.finish()
     return summary
 
 
+def on_all_ranks(step, rank: int, world: int) -> None:
+    """Run `step` on rank 0; every rank raises its error (e.g. a config that does not match the
+    output directory), so all stop with the same one sentence."""
+    error = None
+    if rank == 0:
+        try:
+            step()
+        except UsageError as exc:
+            error = str(exc)
+    if world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise UsageError(error)
+
+
+def gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    box = [None] * world
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: ResultWriter, metrics: SplitMetrics,
-          finished: dict, parallel_requests: int, progress: bool, already: int) -> dict[str, float]:
+          finished: dict, parallel_requests: int, progress: "JobProgress", fault: "FaultInjection") -> dict:
     """Search this rank's samples with up to `parallel_requests` in flight; write each record as
     it finishes. Returns the summed per-stage seconds."""
     stage_totals: dict[str, float] = {}
-    iou_sum = 0.0
-    bar = tqdm(total=len(todo) + already, initial=already, unit="sample", desc="rescue-eval",
-               disable=not progress, dynamic_ncols=True)
 
     def one(index: int) -> dict:
         return search_batch([dataset[index]], roles, settings)[0]
 
     try:
         with ThreadPoolExecutor(max_workers=parallel_requests, thread_name_prefix="sample") as pool:
-            for done, future in enumerate(as_completed([pool.submit(one, i) for i in todo]), start=1):
-                rec = future.result()
-                writer.append(rec)
-                finished[rec["id"]] = rec
-                metrics.update_record(rec)
-                iou_sum += rec["iou"]
-                for stage, s in rec["timing"].items():
-                    stage_totals[stage] = stage_totals.get(stage, 0.0) + s
-                bar.update(1)
-                bar.set_postfix(gIoU=f"{100 * iou_sum / done:.1f}")  # of this run's new samples
+            futures = [pool.submit(one, i) for i in todo]
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    rec = future.result()
+                    writer.append(rec)
+                    finished[rec["id"]] = rec
+                    metrics.update_record(rec)
+                    for stage, s in rec["timing"].items():
+                        stage_totals[stage] = stage_totals.get(stage, 0.0) + s
+                    progress.advance(rec["iou"])
+                    fault.after_sample(done)
+            except BaseException:
+                for f in futures:
+                    f.cancel()  # a fatal error: stop taking new samples
+                raise
     finally:
-        bar.close()
         writer.close()
     return stage_totals
+
+
+class JobProgress:
+    """One progress bar for the whole job, drawn by rank 0; other ranks report to it over RPC."""
+
+    def __init__(self, rank: int, world: int, total: int, done: int, enabled: bool):
+        self.rank, self.world, self.iou_sum, self.new = rank, world, 0.0, 0
+        self.bar, self._shown_remote, self._lock, self._closed = None, 0, threading.Lock(), threading.Event()
+        if rank == 0:
+            self.bar = tqdm(total=total, initial=done, unit="sample", desc="rescue-eval", disable=not enabled,
+                            dynamic_ncols=True, mininterval=0.5)
+            if world > 1:  # keeps counting the other ranks after rank 0's own shard is done
+                threading.Thread(target=self._poll, daemon=True, name="progress").start()
+
+    def _poll(self) -> None:
+        while not self._closed.wait(0.5):
+            with self._lock:
+                self.bar.update(self._take_remote())
+
+    def advance(self, iou: float) -> None:
+        self.new += 1
+        self.iou_sum += iou
+        if self.rank != 0:
+            from rescue_eval import transport
+
+            transport.report_progress(1)
+            return
+        with self._lock:
+            self.bar.update(1 + self._take_remote())
+        self.bar.set_postfix(gIoU=f"{100 * self.iou_sum / self.new:.1f}", refresh=False)  # rank 0's new samples
+
+    def _take_remote(self) -> int:
+        if self.world == 1:
+            return 0
+        from rescue_eval import transport
+
+        remote = transport.progress_done()
+        n, self._shown_remote = remote - self._shown_remote, remote
+        return n
+
+    def close(self) -> None:
+        self._closed.set()
+        if self.bar is not None:
+            with self._lock:
+                self.bar.update(self._take_remote())
+            self.bar.close()
+
+
+class FaultInjection:
+    """RESCUE_EVAL_FAULT=RANK:K kills rank RANK with SIGKILL after K new samples, once per
+    output directory (a marker file keeps a restarted job from crashing again). For tests of
+    crash, restart and resume."""
+
+    def __init__(self, marker: Path | None, after: int):
+        self.marker, self.after = marker, after
+
+    @classmethod
+    def from_env(cls, out: Path, rank: int) -> "FaultInjection":
+        spec = os.environ.get("RESCUE_EVAL_FAULT", "")
+        if spec:
+            fault_rank, after = (int(x) for x in spec.split(":"))
+            if fault_rank == rank and not (out / ".fault-injected").exists():
+                return cls(out / ".fault-injected", after)
+        return cls(None, 0)
+
+    def after_sample(self, done: int) -> None:
+        if self.marker is not None and done >= self.after:
+            self.marker.touch()
+            log.warning("RESCUE_EVAL_FAULT: killing this rank after %d samples", done)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_summary(out: Path, summary: dict) -> None:

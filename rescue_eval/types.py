@@ -35,9 +35,18 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
     def decode_image(self) -> Image.Image:
-        """The RGB image, EXIF rotation applied (the ground truth is drawn on the rotated image)."""
-        with Image.open(io.BytesIO(self.image_bytes)) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
+        """The RGB image, EXIF rotation applied (the ground truth is drawn on the rotated image).
+
+        The image keeps its sample id and original bytes in `info["source"]`, so the transport
+        can send those bytes instead of re-encoding pixels."""
+        image = decode_image_bytes(self.image_bytes)
+        image.info["source"] = (self.id, self.image_bytes)
+        return image
+
+
+def decode_image_bytes(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
 
 
 @dataclass

@@ -1,0 +1,258 @@
+"""W&B tracking, offline: log a small evaluation, then read back what wandb wrote under OUT.
+
+wandb 0.31 offline writes OUT/wandb/offline-run-<time>-<id>/run-<id>.wandb (a LevelDB-style
+log of protobuf `Record`s: run with config, history, summary, artifact, ...) plus
+files/media/table/*.table.json. Tables are logged as run_table artifacts whose full JSON
+(image columns included) and media are staged in $WANDB_DATA_DIR/artifacts/staging until
+`wandb sync`. There is no Python reader of the .wandb file in wandb 0.31, so `wandb_records`
+below reads the log format directly.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rescue_eval.config import WandbConfig
+from rescue_eval.masks import encode_rle
+from rescue_eval.tracking import RUN_ID_FILE, WandbTracker, resolve_mode, tracker_for
+from rescue_eval.types import IGNORE, Sample
+
+SECRET_IN_CONFIG = "sk-FAKE-123"
+SECRET_IN_ENV = "sk-FAKE-ENV-456"
+H, W = 24, 32
+
+SUMMARY = {
+    "giou": 0.5, "ciou": 0.25, "oracle_iou": 0.75, "n_samples": 3, "n_failed": 1,
+    "failures": {"unreadable_image": 1},
+    "per_n": {"2": {"giou": 0.5, "ciou": 0.25, "oracle_iou": 0.75, "judge_calls": 4},
+              "1": {"giou": 0.4, "ciou": 0.2, "oracle_iou": 0.4, "judge_calls": 0}},
+    "subsets": {"short": {"giou": 0.6, "ciou": 0.3, "oracle_iou": 0.8, "n_samples": 2, "n_failed": 0,
+                          "failures": {}, "per_n": {}}},
+    "roles": {"planner": {"ranks": [0, 1], "requests": 3, "batches": 2, "mean_batch": 1.5, "busy_s": 1.0,
+                          "busy_fraction": 0.5, "mean_queue_wait_s": 0.01},
+              "judge": {"ranks": [0], "requests": 4, "batches": 1, "mean_batch": 4.0, "busy_fraction": 0.2}},
+    "mode": "comparative",
+}
+
+
+class FakeDataset:
+    """Test double of a datamodule's dataset: `.ids` and `__getitem__` returning Samples."""
+
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+        self.ids = [s.id for s in samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+def jpeg_bytes(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (W, H), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def gt_mask() -> np.ndarray:
+    gt = np.zeros((H, W), dtype=np.uint8)
+    gt[4:12, 4:12] = 1
+    gt[0:2, :] = IGNORE
+    return gt
+
+
+def box_mask(y1, y2, x1, x2) -> np.ndarray:
+    m = np.zeros((H, W), dtype=bool)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+def record(sample_id, iou, failure=None, prediction=None) -> dict:
+    return {"id": sample_id, "query": f"query of {sample_id}", "subset": "short", "iou": iou,
+            "oracle_iou": iou, "failure": failure, "prediction": prediction}
+
+
+def fake_dataset_and_records() -> tuple[FakeDataset, dict]:
+    """good: has a record; norecord: skipped; broken: unreadable image (row without image);
+    extra: beyond rows=2."""
+    samples = [Sample("good", jpeg_bytes((200, 30, 30)), "query of good", gt_mask(), "short"),
+               Sample("norecord", jpeg_bytes((30, 200, 30)), "q", gt_mask(), "long"),
+               Sample("broken", b"not a jpeg", "query of broken", gt_mask(), "short"),
+               Sample("extra", jpeg_bytes((30, 30, 200)), "q", gt_mask(), "long")]
+    records = {"good": record("good", 0.5, prediction=encode_rle(box_mask(4, 10, 4, 10))),
+               "broken": record("broken", 0.0, failure="unreadable_image",
+                                prediction=encode_rle(np.zeros((H, W), dtype=bool))),
+               "extra": record("extra", 1.0, prediction=encode_rle(box_mask(0, 5, 0, 5)))}
+    return FakeDataset(samples), records
+
+
+def wandb_records(path: Path):
+    """Protobuf Records of a .wandb file: a 7-byte header (":W&B", magic 0xBEE1, version), then
+    LevelDB log blocks of 32 KiB holding chunks with a 7-byte header (crc32, length, type)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    ident, magic, _version = struct.unpack("<4sHB", data[:7])
+    assert (ident, magic) == (b":W&B", 0xBEE1)
+    block, full, last = 32768, 1, 4
+    pos, chunks = 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (full, last):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(chunks)
+            yield rec
+            chunks = b""
+
+
+def item_key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def read_offline_run(out: Path) -> dict:
+    """Config, history, summary and staged artifact files of the one offline run under OUT."""
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    (log_file,) = run_dir.glob("run-*.wandb")
+    run = {"dir": run_dir, "config": {}, "history": {}, "summary": {}, "staged": {}}
+    for rec in wandb_records(log_file):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run["id"] = rec.run.run_id
+            run["config"].update({item_key(u): json.loads(u.value_json) for u in rec.run.config.update})
+        elif kind == "config":  # later config updates, e.g. the panel of a custom plot
+            run["config"].update({item_key(u): json.loads(u.value_json) for u in rec.config.update})
+        elif kind == "history":
+            for item in rec.history.item:
+                run["history"][item_key(item)] = json.loads(item.value_json)
+        elif kind == "summary":
+            run["summary"].update({item_key(u): json.loads(u.value_json) for u in rec.summary.update})
+        elif kind == "artifact":
+            for entry in rec.artifact.manifest.contents:
+                run["staged"][(rec.artifact.name, entry.path)] = Path(entry.local_path)
+    return run
+
+
+def logged_table(run: dict, key: str) -> dict:
+    """The full JSON of a logged table (from its staged run_table artifact)."""
+    assert run["history"][f"{key}/_type"] == "table-file"
+    assert (run["dir"] / "files" / run["history"][f"{key}/path"]).exists()
+    return json.loads(run["staged"][(f"run-{run['id']}-{key}", f"{key}.table.json")].read_text())
+
+
+def wandb_children() -> list[str]:
+    """Command lines of wandb processes started by this process (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        if ppid == os.getpid() and "wandb" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.fixture
+def offline_env(tmp_path, monkeypatch):
+    """No credentials (auto -> offline), quiet, and wandb's own files kept under tmp_path."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # a developer's ~/.netrc must not count
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name, folder in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / folder))
+    return tmp_path
+
+
+def test_offline_run_logs_results_without_secrets_and_resumes(offline_env, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_IN_ENV)
+    out = offline_env / "out"
+    config = {"planner": {"max_n": 2}, "openai": {"api_key": SECRET_IN_CONFIG, "Auth_Token": "t"}}
+    dataset, records = fake_dataset_and_records()
+
+    tracker = WandbTracker(out, config, WandbConfig(table_samples=2))
+    assert tracker.mode == "offline"
+    tracker.log_results(SUMMARY, records, dataset, rows=2)
+    tracker.finish()
+    assert wandb_children() == []
+
+    run = read_offline_run(out)
+    assert run["id"] == (out / RUN_ID_FILE).read_text().strip()
+    assert run["config"]["planner"] == {"max_n": 2}
+    assert run["config"]["openai"] == {"api_key": "***", "Auth_Token": "***"}
+
+    per_n = logged_table(run, "iou_vs_n")
+    assert per_n["columns"] == ["N", "giou", "ciou", "oracle_iou", "judge_calls"]
+    assert per_n["data"] == [[1, 0.4, 0.2, 0.4, 0], [2, 0.5, 0.25, 0.75, 4]]
+    plot = run["config"]["_wandb/visualize/iou_vs_n_plot"]
+    assert plot["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
+    assert len(logged_table(run, "iou_vs_n_plot_table")["data"]) == 3 * 2  # 3 curves x 2 N
+
+    roles = {row[0]: row for row in logged_table(run, "roles")["data"]}
+    assert roles["planner"] == ["planner", "0,1", 3, 2, 1.5, 0.5, 0.01]
+    assert roles["judge"] == ["judge", "0", 4, 1, 4.0, 0.2, None]
+
+    samples = logged_table(run, "samples")
+    assert samples["columns"] == ["id", "query", "subset", "iou", "oracle_iou", "failure", "image"]
+    rows = {row[0]: row for row in samples["data"]}
+    assert list(rows) == ["good", "broken"]  # dataset order, records only, at most rows=2
+    assert rows["broken"][5] == "unreadable_image" and rows["broken"][6] is None
+    image = rows["good"][6]
+    assert image["_type"] == "image-file" and set(image["masks"]) == {"prediction", "ground_truth"}
+    gt_png = run["staged"][("run-" + run["id"] + "-samples", image["masks"]["ground_truth"]["path"])]
+    assert set(np.unique(np.asarray(Image.open(gt_png)))) == {0, 1, 2}  # 255 -> class 2 "ignore"
+
+    for key, value in {"giou": 0.5, "ciou": 0.25, "oracle_iou": 0.75, "n_samples": 3, "n_failed": 1,
+                       "failures/unreadable_image": 1, "subsets/short/giou": 0.6,
+                       "subsets/short/n_samples": 2}.items():
+        assert run["summary"][key] == value, key
+    assert "per_n/1/giou" not in run["summary"] and "roles/planner/requests" not in run["summary"]  # tables
+
+    for path in offline_env.rglob("*"):  # OUT and wandb's staging dirs, every file, as bytes
+        if path.is_file():
+            data = path.read_bytes()
+            assert SECRET_IN_CONFIG.encode() not in data and SECRET_IN_ENV.encode() not in data, path
+
+    resumed = WandbTracker(out, config, WandbConfig())
+    assert resumed.run.id == run["id"]
+    resumed.finish()
+    assert wandb_children() == []
+
+
+def test_auto_mode_is_online_only_with_credentials(offline_env, monkeypatch):
+    assert resolve_mode("auto") == "offline"
+    assert resolve_mode("online") == "online"
+
+    monkeypatch.setenv("WANDB_API_KEY", "fake-key-never-used")
+    assert resolve_mode("auto") == "online"
+    assert resolve_mode("offline") == "offline"
+    monkeypatch.delenv("WANDB_API_KEY")
+
+    netrc = offline_env / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "f" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert resolve_mode("auto") == "online"
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("online") == "disabled"
+
+
+def test_tracker_only_on_rank_zero_when_enabled(tmp_path):
+    assert tracker_for(tmp_path, {}, WandbConfig(), rank=1) is None
+    assert tracker_for(tmp_path, {}, WandbConfig(enabled=False), rank=0) is None
+    assert not (tmp_path / RUN_ID_FILE).exists()
