@@ -44,6 +44,7 @@ def build_role(role: str, cfg) -> object:
     try:
         return cls(**kwargs)
     except OSError as exc:  # from_pretrained: not a folder, not in the Hugging Face cache
-        raise UsageError(f"{role}.checkpoint {cfg.checkpoint!r} could not be loaded ({exc.__class__.__name__}); "
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{role}.checkpoint {cfg.checkpoint!r} could not be loaded ({first_line}); "
                          f"point --{role}.checkpoint at a local checkpoint folder, or download it on a "
                          f"machine with hub access.") from exc

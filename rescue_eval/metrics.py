@@ -111,3 +111,17 @@ def record_scores(record: dict, sweep: list[int]) -> dict:
     return {"intersection": [r["intersection"] for r in rows], "union": [r["union"] for r in rows],
             "iou": [r["iou"] for r in rows], "oracle_iou": [r["oracle_iou"] for r in rows],
             "judge_calls": [r["judge_calls"] for r in rows], "failure": record["failure"]}
+
+
+def record_counts(records) -> dict:
+    """Counts that explain the scores: planner outputs by status (parse errors, degenerate and
+    duplicate boxes), judge answers that could not be used, and VLM tokens."""
+    statuses: dict[str, int] = {}
+    vlm = {"judge_calls": 0, "judge_unusable": 0, "planner_tokens_in": 0, "planner_tokens_out": 0,
+           "judge_tokens_in": 0, "judge_tokens_out": 0}
+    for rec in records:
+        for h in rec["hypotheses"]:
+            statuses[h["status"]] = statuses.get(h["status"], 0) + 1
+        for key in vlm:
+            vlm[key] += rec["vlm"].get(key, 0)
+    return {"hypotheses": dict(sorted(statuses.items())), "vlm": vlm}

@@ -59,15 +59,24 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
         lines += [f"| {reason} | {n} |" for reason, n in sorted(summary["failures"].items())]
     else:
         lines.append("None.")
+    if summary.get("hypotheses"):
+        lines += ["", "## Hypotheses and judge", "",
+                  "Planner outputs: " + ", ".join(f"{k} {v}" for k, v in summary["hypotheses"].items()) + "."]
+        vlm = summary.get("vlm", {})
+        if vlm.get("judge_calls"):
+            lines.append(f"Judge answers: {vlm['judge_calls']}, of which {vlm['judge_unusable']} unusable "
+                         f"(the hybrid score decided instead).")
     roles = summary.get("roles", {})
     if roles:
         bottleneck = max(roles, key=lambda r: roles[r]["busy_fraction"])
-        lines += ["", "## Roles", "", "| role | requests | batches | mean batch | busy fraction |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "## Roles", "", "| role | ranks | requests | batches | mean batch | busy fraction | "
+                  "mean queue wait |", "|---|---|---|---|---|---|---|"]
         for name, r in roles.items():
-            lines.append(f"| {name} | {r['requests']} | {r['batches']} | {r['mean_batch']:.1f} | "
-                         f"{r['busy_fraction']:.2f} |")
-        lines += ["", f"Bottleneck: **{bottleneck}** (busiest role)."]
+            ranks = ",".join(map(str, r.get("ranks", [])))
+            lines.append(f"| {name} | {ranks} | {r['requests']} | {r['batches']} | {r['mean_batch']:.1f} | "
+                         f"{r['busy_fraction']:.2f} | {1000 * r.get('mean_queue_wait_s', 0.0):.0f} ms |")
+        lines += ["", f"Bottleneck: **{bottleneck}** (the busiest role: its hosts compute the largest share "
+                      f"of the time; give it more ranks or a larger batch first)."]
     timing = summary.get("timing", {})
     if timing:
         lines += ["", "## Timing", "", f"- wall: {timing.get('wall_s', 0):.1f} s, "
@@ -153,7 +162,7 @@ def rebuild(out: Path) -> dict:
 
     from rescue_eval import config, runner
     from rescue_eval.errors import UsageError
-    from rescue_eval.metrics import SplitMetrics
+    from rescue_eval.metrics import SplitMetrics, record_counts
     from rescue_eval.results import load_records
 
     out = Path(out)
@@ -168,7 +177,7 @@ def rebuild(out: Path) -> dict:
         if sample_id in records:
             metrics.update_record(records[sample_id])
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    summary = {**previous, **metrics.compute()}
+    summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in dm.ids if i in records)}
     summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
                                    "n_total": len(dm.ids)})
     summary.setdefault("mode", cfg.verifier.mode)

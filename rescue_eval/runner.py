@@ -23,7 +23,7 @@ from tqdm import tqdm
 from rescue_eval import config as config_mod
 from rescue_eval.config import Config
 from rescue_eval.errors import UsageError
-from rescue_eval.metrics import SplitMetrics
+from rescue_eval.metrics import SplitMetrics, record_counts
 from rescue_eval.report import write_report
 from rescue_eval.rescue import SearchSettings, search_batch
 from rescue_eval.results import ResultWriter, load_records
@@ -62,6 +62,18 @@ def prepare_output(out: Path, cfg: Config) -> None:
     except OSError as exc:
         raise UsageError(f"Cannot write to the output directory {out} ({exc.strerror}); "
                          f"choose a writable --output.") from exc
+
+
+def prepare(out: Path, cfg: Config) -> None:
+    """Rank 0, before the others go on: the output directory, and the tiny checkpoints that the
+    config names (built once, here, rather than by every rank at the same time)."""
+    from models.tiny import resolve_checkpoint
+    from rescue_eval.roles import needed_roles
+
+    prepare_output(out, cfg)
+    for role in needed_roles(cfg):
+        resolve_checkpoint(getattr(cfg, role).checkpoint)
+    build_data(cfg)  # the demo set is generated on first use
 
 
 def settings_of(cfg: Config) -> SearchSettings:
@@ -118,7 +130,7 @@ def run(cfg: Config, out: Path) -> dict:
 def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, servers: dict) -> dict:
     from rescue_eval.roles import clients, merge_role_stats, start_servers
 
-    on_all_ranks(lambda: prepare_output(out, cfg), rank, world)
+    on_all_ranks(lambda: prepare(out, cfg), rank, world)
     dm = build_data(cfg)
     dataset, ids = dm.dataset, dm.ids
     settings = settings_of(cfg)
@@ -174,8 +186,9 @@ def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, se
                 "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}},
         environment=environment(),
     )
+    records = load_records(out)  # every rank's records
+    summary.update(record_counts(records[i] for i in ids if i in records))
     write_summary(out, summary)
-    records = load_records(out)  # every rank's records, for the report
     write_report(out, summary, records, dataset, cfg.run.overlays)
     if tracker is not None:
         tracker.log_results(summary, records, dataset, cfg.wandb.table_samples)

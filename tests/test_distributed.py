@@ -2,6 +2,7 @@
 crash and resume, restarts, placement mistakes."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,20 @@ def env(tmp_path_factory):
 def torchrun(env, nproc, out, *extra, restarts=0, timeout=600):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", "-m", "rescue_eval", "run", "--output", str(out), *ARGS, *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_group(cmd, env, timeout)
+
+
+def run_group(cmd, env, timeout):
+    """subprocess.run that, on timeout, kills the whole process group (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def ok(proc):
@@ -91,3 +105,11 @@ def test_placement_on_a_missing_rank_is_one_clear_sentence(env, tmp_path):
     proc = torchrun(env, 2, tmp_path / "bad", "--placement.judge=[3]")
     assert proc.returncode != 0
     assert "placement.judge names rank(s) [3] but the job has 2 rank(s)" in proc.stderr
+
+
+def test_first_use_on_an_empty_cache_builds_once(env, baseline, tmp_path):
+    """Rank 0 builds the tiny checkpoints and the demo set before the other ranks load them
+    (transformers writes weights only on rank 0 of a process group)."""
+    out = tmp_path / "fresh"
+    ok(torchrun({**env, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}, 2, out, *dedicated(2)))
+    assert scores(out) == scores(baseline)

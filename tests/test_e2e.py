@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 
 from rescue_eval.masks import decode_rle, intersection_union, sample_iou
+from test_tracking import logged_table, read_offline_run
 
+FAKE_KEY = "sk-FAKE-e2e-7f3a9"
 SCORES = ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures", "per_n", "subsets")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path_factory.mktemp("cache")), "OPENAI_API_KEY": FAKE_KEY}
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):  # W&B runs offline here
+        env.pop(name, None)
+    return env
 
 
 def cli(env, *args, check=True):
@@ -54,6 +59,15 @@ def test_output_directory_contract(demo_run):
     assert summary["roles"]["planner"]["requests"] == 16
     report = (out / "report.md").read_text()
     assert "Metric policy" in report and "tiny random-weight" in report and "| 4 |" in report
+    run = read_offline_run(out)  # the W&B offline run directory, read back
+    assert run["id"] == (out / "wandb-run-id").read_text().strip()
+    assert run["summary"]["giou"] == pytest.approx(summary["giou"])
+    assert run["config"]["planner"]["max_n"] == 4
+    assert [row[0] for row in logged_table(run, "iou_vs_n")["data"]] == [1, 2, 4]
+    assert len(logged_table(run, "samples")["data"]) == 16
+    assert {row[0] for row in logged_table(run, "roles")["data"]} == {"planner", "executor", "scorer", "judge"}
+    for path in out.rglob("*"):  # keys in the environment never reach an output file
+        assert not path.is_file() or FAKE_KEY.encode() not in path.read_bytes(), path
 
 
 def test_records_score_what_the_summary_says(env, demo_run):
@@ -79,8 +93,10 @@ def test_records_score_what_the_summary_says(env, demo_run):
 
 def test_resume_skips_finished_samples_and_repairs_a_torn_line(env, demo_run, tmp_path):
     before = scores(demo_run)
+    run_id = (demo_run / "wandb-run-id").read_text()
     cli(env, "run", "--config", "configs/demo.yaml", "--output", str(demo_run), "--max_n", "4",
         "--run.progress", "false")
+    assert (demo_run / "wandb-run-id").read_text() == run_id  # the resumed job continues the W&B run
     again = json.loads((demo_run / "summary.json").read_text())
     assert again["timing"]["new_samples"] == 0 and scores(demo_run) == before
 

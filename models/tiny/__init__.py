@@ -26,8 +26,16 @@ def tiny_dir(root: Path | None = None) -> Path:
 def build(name: str, root: Path | None = None, force: bool = False) -> Path:
     if name not in BUILDERS:
         raise ValueError(f"Unknown tiny checkpoint {name!r}; choose one of {sorted(BUILDERS)}.")
+    target = tiny_dir(root) / name
+    if not target.exists() or force:
+        import torch.distributed as dist
+
+        # transformers' save_pretrained writes weights only on rank 0 of an initialised process
+        # group: a checkpoint built on another rank would lack them
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            raise RuntimeError(f"tiny checkpoint {name} must be built on rank 0 before other ranks load it.")
     module = importlib.import_module(BUILDERS[name])
-    return build_once(tiny_dir(root) / name, module.build, force=force)
+    return build_once(target, module.build, force=force)
 
 
 def resolve_checkpoint(spec: str) -> str:
