@@ -13,6 +13,15 @@ ADAPTERS = {  # (role, backend) -> "module:Class"
     ("judge", "transformers"): "models.qwen3_vl:Qwen3VLJudge",
     ("executor", "transformers"): "models.sam3_tracker:Sam3TrackerSegmenter",
     ("scorer", "transformers"): "models.siglip2:Siglip2Scorer",
+    ("planner", "vllm"): "models.vllm_backend:VLLMPlanner",
+    ("judge", "vllm"): "models.vllm_backend:VLLMJudge",
+    ("planner", "openai"): "models.openai_api:OpenAIPlanner",
+    ("judge", "openai"): "models.openai_api:OpenAIJudge",
+    ("executor", "http"): "models.http_roles:HttpSegmenter",
+    ("scorer", "http"): "models.http_roles:HttpScorer",
+    ("executor", "sam3"): "models.sam3_package:Sam3PackageSegmenter",
+    ("executor", "grabcut"): "models.grabcut:GrabCutSegmenter",
+    ("planner", "gt_box"): "models.gt_box:GroundTruthBoxPlanner",
 }
 HARNESS_KEYS = {"backend", "max_n", "dedup_iou"}  # config keys the harness uses, not the backend
 

@@ -175,8 +175,15 @@ def _box_from_regex(text: str) -> list[float] | None:
 def _grid_to_pixels(coords: list[float], width: int, height: int) -> tuple[Box | None, BoxStatus]:
     if not all(math.isfinite(c) for c in coords):
         return None, "degenerate"
-    xs = sorted((coords[0] * width / GRID, coords[2] * width / GRID))
-    ys = sorted((coords[1] * height / GRID, coords[3] * height / GRID))
+    return clean_pixel_box([coords[0] * width / GRID, coords[1] * height / GRID,
+                            coords[2] * width / GRID, coords[3] * height / GRID], width, height)
+
+
+def clean_pixel_box(coords: list[float], width: int, height: int) -> tuple[Box | None, BoxStatus]:
+    """Order, clamp to the image and reject boxes under 1 px wide or high (or not finite)."""
+    if not all(math.isfinite(c) for c in coords):
+        return None, "degenerate"
+    xs, ys = sorted((coords[0], coords[2])), sorted((coords[1], coords[3]))
     x1, x2 = (min(max(x, 0.0), float(width)) for x in xs)
     y1, y2 = (min(max(y, 0.0), float(height)) for y in ys)
     if x2 - x1 < 1.0 or y2 - y1 < 1.0:

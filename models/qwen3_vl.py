@@ -10,18 +10,17 @@ batch, and every row can have its own temperature. generate() itself runs greedy
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from PIL import Image
 
-from models.parsing import parse_box, parse_rating, parse_verdict
-from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES, duel_messages, plan_messages, rate_messages
+from models.parsing import parse_rating, parse_verdict
+from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from models.tiny import resolve_checkpoint
-from rescue_eval.masks import overlay
+from models.vlm_requests import check_plan_settings, duel_request, plan_rows, rate_request, to_hypothesis
 from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 
@@ -120,13 +119,6 @@ def load_shared(checkpoint: str, device: str = "cpu", dtype: str = "float32") ->
         return _LOADED[key]
 
 
-def hypothesis_seed(item_seed: int, index: int) -> int:
-    """A 63-bit seed for hypothesis `index` of an item; stable across processes and runs
-    (Python's hash() is salted per process)."""
-    digest = hashlib.sha256(f"rescue-plan:{item_seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 class GumbelSampler:
     """Logits processor: sampling as argmax(logits / T + Gumbel noise), one generator per row.
 
@@ -156,15 +148,6 @@ class GumbelSampler:
         return torch.stack(rows).to(scores.dtype)
 
 
-class PlanRow(NamedTuple):
-    """One hypothesis to generate: one row of a generate batch."""
-    item: int  # index in the request batch
-    index: int  # k, the hypothesis index within its item
-    strategy: str
-    temperature: float
-    seed: int
-
-
 class Qwen3VLPlanner:
     """Planner: item.n box hypotheses per item; hypothesis k uses strategy k % len(strategies),
     temperature k % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
@@ -176,18 +159,10 @@ class Qwen3VLPlanner:
         self.max_new_tokens = max_new_tokens
         self.schema = PLAN_SCHEMA if structured_output else None
         self.max_batch = max_batch
-        self.strategies = list(strategies) if strategies else list(STRATEGIES)
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise ValueError(f"Unknown planner strategies {unknown}; choose from {list(STRATEGIES)}.")
-        self.temperatures = [float(t) for t in temperatures]
-        if not self.temperatures:
-            raise ValueError("temperatures must not be empty")
+        self.strategies, self.temperatures = check_plan_settings(strategies, temperatures)
 
     def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
-        rows = [PlanRow(i, k, self.strategies[k % len(self.strategies)],
-                        self.temperatures[k % len(self.temperatures)], hypothesis_seed(item.seed, k))
-                for i, item in enumerate(batch) for k in range(item.n)]  # (item, k) order
+        rows = plan_rows(batch, self.strategies, self.temperatures)
         results: list[list[Hypothesis]] = [[] for _ in batch]
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start:start + self.max_batch]
@@ -195,13 +170,8 @@ class Qwen3VLPlanner:
             generations = self.vlm.generate(
                 [plan_messages(batch[row.item].query, row.strategy) for row in chunk],
                 [[batch[row.item].image] for row in chunk], self.max_new_tokens, self.schema, sampler)
-            for row, generation in zip(chunk, generations):
-                image = batch[row.item].image
-                box, status = parse_box(generation.text, image.width, image.height)
-                results[row.item].append(Hypothesis(
-                    index=row.index, strategy=row.strategy, temperature=row.temperature, seed=row.seed,
-                    raw_text=generation.text, status=status, box=box,
-                    tokens_in=generation.tokens_in, tokens_out=generation.tokens_out))
+            for row, g in zip(chunk, generations):
+                results[row.item].append(to_hypothesis(row, batch[row.item].image, g.text, g.tokens_in, g.tokens_out))
         return results
 
 
@@ -216,16 +186,13 @@ class Qwen3VLJudge:
         self.max_batch = max_batch
 
     def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:
-        conversations = [rate_messages(item.query) for item in batch]
-        images = [[overlay(item.image, item.mask)] for item in batch]
-        return self._ask(conversations, images, RATE_SCHEMA, parse_rating)
+        return self._ask([rate_request(item) for item in batch], RATE_SCHEMA, parse_rating)
 
     def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
-        conversations = [duel_messages(item.query) for item in batch]
-        images = [[overlay(item.image, item.mask_a), overlay(item.image, item.mask_b)] for item in batch]
-        return self._ask(conversations, images, DUEL_SCHEMA, parse_verdict)
+        return self._ask([duel_request(item) for item in batch], DUEL_SCHEMA, parse_verdict)
 
-    def _ask(self, conversations, images, schema, parse) -> list[JudgeAnswer]:
+    def _ask(self, requests, schema, parse) -> list[JudgeAnswer]:
+        conversations, images = [r[0] for r in requests], [r[1] for r in requests]
         answers = []
         for start in range(0, len(conversations), self.max_batch):
             end = start + self.max_batch

@@ -17,6 +17,8 @@ commands:
   run         evaluate a dataset:  rescue-eval run --config configs/demo.yaml --output OUT [--key.sub value ...]
   report      rebuild summary.json, report.md, plots and overlays from an output directory:  rescue-eval report OUT
   build-tiny  build the tiny offline checkpoints:  rescue-eval build-tiny [--out DIR] [--force]
+  segment     one image and one query to a mask:  rescue-eval segment IMAGE QUERY [--output DIR] [--key.sub value ...]
+  download    fetch the checkpoints a config names into the Hugging Face cache:  rescue-eval download [--config FILE]
 
 `rescue-eval run --help` lists every configuration key.
 """
@@ -61,7 +63,43 @@ def cmd_build_tiny(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "build-tiny": cmd_build_tiny}
+def cmd_segment(argv: list[str]) -> int:
+    """rescue-eval segment IMAGE QUERY [--config ...] [--output DIR] [--key.sub value ...]"""
+    from rescue_eval import config, segment
+
+    if any(a in ("-h", "--help") for a in argv) or len(argv) < 2 or argv[0].startswith("-"):
+        print("usage: rescue-eval segment IMAGE QUERY [--output DIR (default segment-out)] [--config FILE] "
+              "[--key.sub value ...]\nwrites DIR/mask.png, DIR/overlay.png and DIR/candidates.json")
+        return 0 if any(a in ("-h", "--help") for a in argv) else 2
+    image, query, rest = argv[0], argv[1], argv[2:]
+    if "--output" not in rest and not any(a.startswith("--output=") for a in rest):
+        rest += ["--output", "segment-out"]
+    cfg, out = config.parse(rest)
+    record = segment.segment_image(cfg, Path(image), query, out)
+    chosen = record["sweep"][str(cfg.planner.max_n)].get("index")
+    print(json.dumps({"query": query, "chosen_hypothesis": chosen, "candidates": len(record["candidates"]),
+                      "failure": record["failure"]}))
+    print(f"wrote {out}/mask.png, {out}/overlay.png and {out}/candidates.json")
+    return 0
+
+
+def cmd_download(argv: list[str]) -> int:
+    from models.download import download
+    from rescue_eval import config
+
+    p = argparse.ArgumentParser(prog="rescue-eval download",
+                                description="Fetch the checkpoints a config names into the Hugging Face cache "
+                                            "(default: the original RESCue models of configs/reasonseg_8gpu.yaml).")
+    p.add_argument("--config", default=str(config.DEMO_CONFIG.parent / "reasonseg_8gpu.yaml"))
+    args = p.parse_args(argv)
+    cfg, _ = config.parse(["--config", args.config, "--output", "unused", "--data.root", "unused"])
+    for repo_id, path in download(cfg).items():
+        print(f"{repo_id}: {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "build-tiny": cmd_build_tiny, "segment": cmd_segment,
+            "download": cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:

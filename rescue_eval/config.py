@@ -45,42 +45,53 @@ class DataConfig:
 class RoleConfig:
     backend: str = "transformers"
     checkpoint: str = ""  # hub id, local folder, or tiny:NAME (built offline on first use)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda:K, or cuda = this rank's own GPU (cuda:LOCAL_RANK)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_batch: int = 16
+    # remote backends (openai, http): None = the original RESCue variable, or its default
+    url: Optional[str] = None
+    max_concurrency: int = 8  # requests in flight to the server
+    timeout_s: float = 120.0  # one request
+    retries: int = 3  # after a timeout, a refused connection, HTTP 429 or 5xx (backoff with jitter)
 
 
 @dataclass
-class PlannerConfig(RoleConfig):
-    backend: Literal["transformers"] = "transformers"
+class VLMConfig(RoleConfig):
+    max_new_tokens: int = 40
+    structured_output: bool = True  # JSON schema enforced by the backend where it can
+    tensor_parallel_size: int = 1  # vllm: one engine over this many GPUs of the hosting rank
+    gpu_memory_utilization: float = 0.85  # vllm
+
+
+@dataclass
+class PlannerConfig(VLMConfig):
+    backend: Literal["transformers", "vllm", "openai", "gt_box"] = "transformers"
     checkpoint: str = "tiny:qwen3-vl"
     max_n: int = 8  # hypotheses per sample; the sweep reports N = 1, 2, 4, ..., max_n
-    max_new_tokens: int = 40
     temperatures: list[float] = field(default_factory=lambda: [0.3, 0.7, 1.0])
     strategies: Optional[list[str]] = None  # None: every strategy of models/prompts.py
-    structured_output: bool = True
     dedup_iou: float = 0.9
+    gt_jitter: float = 0.1  # gt_box: box corners moved by up to this share of the box size
 
 
 @dataclass
 class ExecutorConfig(RoleConfig):
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "sam3", "grabcut", "http"] = "transformers"
     checkpoint: str = "tiny:sam3-tracker"
 
 
 @dataclass
 class ScorerConfig(RoleConfig):
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "http"] = "transformers"
     checkpoint: str = "tiny:siglip2"
     max_batch: int = 32
 
 
 @dataclass
-class JudgeConfig(RoleConfig):
-    backend: Literal["transformers"] = "transformers"
+class JudgeConfig(VLMConfig):
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     checkpoint: str = "tiny:qwen3-vl"
     max_new_tokens: int = 16
-    structured_output: bool = True
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rescue_eval.errors import FatalError
-from rescue_eval.masks import box_iou, encode_rle, intersection_union, pairwise_iou, sample_iou
+from rescue_eval.masks import box_iou, encode_rle, intersection_union, mask_box, pairwise_iou, sample_iou
 from rescue_eval.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
 from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select, stable_seed
 
@@ -32,6 +32,8 @@ class SearchSettings:
     dedup_iou: float = 0.9  # a box this close to an earlier kept box is a duplicate
     seed: int = 0
     verifier: VerifierSettings = None
+    oracle_boxes: bool = False  # the planner sees the ground-truth box (gt_box ablation)
+    scored: bool = True  # False: no ground truth (`rescue-eval segment`), nothing is scored
 
     @property
     def sweep(self) -> list[int]:
@@ -120,14 +122,14 @@ def _stage(works: list[_Work], name: str, role: str, fn, make_item, store) -> No
 
 def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) -> list[dict]:
     """Run the whole search for a batch of samples and return one record per sample."""
-    works = [_Work(s, new_record(s)) for s in samples]
+    works = [_Work(s, new_record(s, settings.oracle_boxes)) for s in samples]
     for w in works:
         if w.sample.error is None:
             try:
                 w.image = w.sample.decode_image()
                 w.record["image_size"] = [w.image.height, w.image.width]
                 gt = w.sample.gt_mask
-                if gt is None or gt.shape != (w.image.height, w.image.width):
+                if settings.scored and (gt is None or gt.shape != (w.image.height, w.image.width)):
                     w.sample.error = "gt_invalid: ground truth missing or not the image's size"
             except Exception as exc:  # noqa: BLE001 - unreadable input is a counted failure
                 w.sample.error = f"image_unreadable: {exc}"
@@ -144,7 +146,8 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
         w.record["vlm"]["planner_tokens_out"] = sum(h.tokens_out for h in hs)
 
     _stage(works, "plan", "planner", roles.planner.propose,
-           lambda w: PlanItem(w.image, w.sample.query, settings.max_n, stable_seed(settings.seed, w.sample.id)),
+           lambda w: PlanItem(w.image, w.sample.query, settings.max_n, stable_seed(settings.seed, w.sample.id),
+                              gt_box=mask_box(w.sample.gt_mask == 1) if settings.oracle_boxes else None),
            store_hypotheses)
     _stage(works, "execute", "executor", roles.executor.segment,
            lambda w: SegmentItem(w.image, [h.box for h in w.hypotheses]),
@@ -166,8 +169,8 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
     return [w.record for w in works]
 
 
-def new_record(sample: Sample) -> dict:
-    return {
+def new_record(sample: Sample, oracle_boxes: bool = False) -> dict:
+    return {"oracle_boxes": oracle_boxes,
         "id": sample.id, "query": sample.query, "subset": sample.subset,
         "failure": None, "error": None, "image_size": None,
         "hypotheses": [], "candidates": [], "judge": [], "sweep": {},
@@ -187,11 +190,12 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     iou = pairwise_iou(w.masks)
     agree = agreement(iou)
     for p, (h, mask) in enumerate(zip(w.hypotheses, w.masks)):
-        inter, union = intersection_union(mask, gt)
-        w.record["candidates"].append({
-            "index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": encode_rle(mask),
-            "siglip": w.siglip[p], "agreement": float(agree[p]),
-            "intersection": inter, "union": union, "iou": sample_iou(inter, union)})
+        candidate = {"index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": encode_rle(mask),
+                     "siglip": w.siglip[p], "agreement": float(agree[p])}
+        if gt is not None:
+            inter, union = intersection_union(mask, gt)
+            candidate.update(intersection=inter, union=union, iou=sample_iou(inter, union))
+        w.record["candidates"].append(candidate)
     memo = None
     if roles.judge is not None and settings.verifier.mode == "comparative":
         memo = JudgeMemo(roles.judge.rate, roles.judge.duel, w.image, w.masks, w.sample.query,
@@ -219,20 +223,23 @@ def finish_record(w: _Work, settings: SearchSettings) -> None:
     empty = np.zeros(gt.shape, dtype=bool) if gt is not None else None
     for n in settings.sweep:
         entry = rec["sweep"].setdefault(str(n), {"chosen": None, "cut_the_chase": False, "judge_calls": 0})
+        chosen = entry["chosen"] if not w.failed else None
+        if chosen is not None:
+            entry["index"] = w.hypotheses[chosen].index
+        if not settings.scored:
+            continue
         if gt is None:
             entry.update(intersection=0, union=0, iou=0.0, oracle_iou=0.0)
             continue
-        chosen = entry["chosen"] if not w.failed else None
         pred = w.masks[chosen] if chosen is not None else empty
         inter, union = intersection_union(pred, gt)
         prefix = [c["iou"] for c in rec["candidates"] if c["index"] < n] if not w.failed else []
         empty_iou = sample_iou(*intersection_union(empty, gt))
         entry.update(intersection=inter, union=union, iou=sample_iou(inter, union),
                      oracle_iou=max(prefix, default=empty_iou))
-        if chosen is not None:
-            entry["index"] = w.hypotheses[chosen].index
     top = rec["sweep"][str(settings.max_n)]
-    rec.update(intersection=top["intersection"], union=top["union"], iou=top["iou"], oracle_iou=top["oracle_iou"])
+    if settings.scored:
+        rec.update({k: top[k] for k in ("intersection", "union", "iou", "oracle_iou")})
     chosen = top["chosen"] if not w.failed else None
     rec["prediction"] = encode_rle(w.masks[chosen]) if chosen is not None else (
         encode_rle(empty) if empty is not None else None)

@@ -78,7 +78,7 @@ def prepare(out: Path, cfg: Config) -> None:
 
 def settings_of(cfg: Config) -> SearchSettings:
     return SearchSettings(max_n=cfg.planner.max_n, dedup_iou=cfg.planner.dedup_iou, seed=cfg.run.seed,
-                          verifier=cfg.verifier)
+                          verifier=cfg.verifier, oracle_boxes=cfg.planner.backend == "gt_box")
 
 
 def build_data(cfg: Config):
@@ -92,6 +92,9 @@ def build_data(cfg: Config):
 
 def notes_of(cfg: Config, dm) -> list[str]:
     notes = []
+    if cfg.planner.backend == "gt_box":
+        notes.append("ORACLE ABLATION: the planner proposed jittered ground-truth boxes (planner.backend gt_box); "
+                     "these scores are not comparable with any real planner's.")
     tiny = [r for r in ("planner", "executor", "scorer", "judge") if getattr(cfg, r).checkpoint.startswith("tiny:")]
     if tiny:
         notes.append(f"{', '.join(tiny)} use tiny random-weight checkpoints: the scores test the harness, "
@@ -181,6 +184,7 @@ def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, se
     summary.update(
         dataset={"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)},
         mode=cfg.verifier.mode, world_size=world, notes=notes_of(cfg, dm),
+        oracle_boxes=cfg.planner.backend == "gt_box",
         roles=merge_role_stats([g["roles"] for g in gathered]),
         timing={"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
                 "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}},

@@ -74,6 +74,7 @@ class PlanItem:
     query: str
     n: int
     seed: int
+    gt_box: Box | None = None  # only for the gt_box oracle planner (an ablation, flagged in every output)
 
 
 @dataclass

@@ -6,11 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from test_e2e import SCORES, records, scores
+from test_e2e import records, scores
 
 ROLES = ("planner", "executor", "scorer", "judge")
 ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]

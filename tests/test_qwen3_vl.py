@@ -12,7 +12,8 @@ from PIL import Image
 from models import tiny
 from models.prompts import STRATEGIES
 from models.protocols import Judge, Planner
-from models.qwen3_vl import Qwen3VLJudge, Qwen3VLPlanner, hypothesis_seed
+from models.qwen3_vl import Qwen3VLJudge, Qwen3VLPlanner
+from models.vlm_requests import hypothesis_seed
 from rescue_eval.types import DuelItem, PlanItem, RateItem
 
 MAX_NEW_TOKENS = 32  # a schema answer is ~25 tokens with this tokenizer

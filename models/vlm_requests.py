@@ -1,0 +1,65 @@
+"""What a VLM backend is asked and how its answers become results, shared by every backend
+(transformers, vLLM, OpenAI-compatible servers) so they differ only in how they generate.
+
+Planner: item.n hypotheses per item; hypothesis k uses strategy k % len(strategies),
+temperature k % len(temperatures) and seed hypothesis_seed(item.seed, k), so hypothesis k is the
+same whatever n is. Judge: the masks are drawn in red on the image (rescue_eval.masks.overlay).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple, Sequence
+
+from PIL import Image
+
+from models.parsing import parse_box
+from models.prompts import STRATEGIES, duel_messages, rate_messages
+from rescue_eval.masks import overlay
+from rescue_eval.types import DuelItem, Hypothesis, PlanItem, RateItem
+
+
+def hypothesis_seed(item_seed: int, index: int) -> int:
+    """A 63-bit seed for hypothesis `index` of an item; stable across processes and runs
+    (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(f"rescue-plan:{item_seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class PlanRow(NamedTuple):
+    """One hypothesis to generate."""
+    item: int  # index in the request batch
+    index: int  # k, the hypothesis index within its item
+    strategy: str
+    temperature: float
+    seed: int
+
+
+def check_plan_settings(strategies: Sequence[str] | None, temperatures: Sequence[float]) -> tuple[list, list]:
+    chosen = list(strategies) if strategies else list(STRATEGIES)
+    unknown = [s for s in chosen if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"Unknown planner strategies {unknown}; choose from {list(STRATEGIES)}.")
+    temps = [float(t) for t in temperatures]
+    if not temps:
+        raise ValueError("temperatures must not be empty")
+    return chosen, temps
+
+
+def plan_rows(batch: list[PlanItem], strategies: list[str], temperatures: list[float]) -> list[PlanRow]:
+    return [PlanRow(i, k, strategies[k % len(strategies)], temperatures[k % len(temperatures)],
+                    hypothesis_seed(item.seed, k))
+            for i, item in enumerate(batch) for k in range(item.n)]  # (item, k) order
+
+
+def to_hypothesis(row: PlanRow, image: Image.Image, text: str, tokens_in: int = 0, tokens_out: int = 0) -> Hypothesis:
+    box, status = parse_box(text, image.width, image.height)
+    return Hypothesis(index=row.index, strategy=row.strategy, temperature=row.temperature, seed=row.seed,
+                      raw_text=text, status=status, box=box, tokens_in=tokens_in, tokens_out=tokens_out)
+
+
+def rate_request(item: RateItem) -> tuple[list[dict], list[Image.Image]]:
+    return rate_messages(item.query), [overlay(item.image, item.mask)]
+
+
+def duel_request(item: DuelItem) -> tuple[list[dict], list[Image.Image]]:
+    return duel_messages(item.query), [overlay(item.image, item.mask_a), overlay(item.image, item.mask_b)]

@@ -1,0 +1,58 @@
+"""`rescue-eval segment IMAGE QUERY`: the RESCue search on one image, with any configured backends.
+
+Writes OUT/mask.png (0/255), OUT/overlay.png (the chosen mask in red, every candidate box in
+yellow) and OUT/candidates.json (hypotheses, candidates with their scores, the selection for
+every N, every judge answer): the record the evaluation would write, without ground truth.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rescue_eval.config import Config
+from rescue_eval.errors import UsageError
+from rescue_eval.masks import decode_rle, draw_box, overlay
+from rescue_eval.rescue import search_batch
+from rescue_eval.types import Sample
+
+
+def segment_image(cfg: Config, image_path: Path, query: str, out: Path) -> dict:
+    from models.tiny import resolve_checkpoint
+    from rescue_eval.roles import clients, needed_roles, start_servers
+    from rescue_eval.runner import settings_of
+
+    if cfg.planner.backend == "gt_box":
+        raise UsageError("planner.backend gt_box needs ground truth; segment one image with a real planner.")
+    try:
+        data = Path(image_path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Cannot read the image {image_path} ({exc.strerror}); give an image file.") from exc
+    sample = Sample(id=Path(image_path).stem, image_bytes=data, query=query, gt_mask=None)
+    try:
+        image = sample.decode_image()
+    except Exception as exc:  # noqa: BLE001 - PIL raises several kinds
+        raise UsageError(f"{image_path} is not an image PIL can read ({exc}).") from exc
+
+    for role in needed_roles(cfg):
+        resolve_checkpoint(getattr(cfg, role).checkpoint)
+    servers = start_servers(cfg, rank=0, world=1, local_rank=0)
+    try:
+        settings = settings_of(cfg)
+        settings.scored = False
+        record = search_batch([sample], clients(cfg, servers, world=1), settings)[0]
+    finally:
+        for server in servers.values():
+            server.close()
+
+    out.mkdir(parents=True, exist_ok=True)
+    mask = decode_rle(record["prediction"]) if record["prediction"] else np.zeros((image.height, image.width), bool)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / "mask.png")
+    shown = overlay(image, mask)
+    for candidate in record["candidates"]:
+        shown = draw_box(shown, tuple(candidate["box"]))
+    shown.save(out / "overlay.png")
+    (out / "candidates.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return record
