@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_e2e import records, scores
+from test_e2e import decisions, records, scores
 
 ROLES = ("planner", "executor", "scorer", "judge")
 ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
@@ -47,14 +47,6 @@ def ok(proc):
 def dedicated(world):
     """Role k on rank k % world: each role on its own rank when there are 4."""
     return [f"--placement.{role}=[{k % world}]" for k, role in enumerate(ROLES)]
-
-
-def decisions(out):
-    """What was chosen and how it scored. Model scores themselves (SigLIP2, hybrid) may differ
-    in the 7th digit when a role batches another mix of samples, so they are not compared."""
-    keys = ("chosen", "index", "intersection", "union", "iou", "oracle_iou", "judge_calls", "cut_the_chase")
-    return {r["id"]: ({n: {k: e.get(k) for k in keys} for n, e in r["sweep"].items()},
-                      [h["raw_text"] for h in r["hypotheses"]], r["prediction"], r["failure"]) for r in records(out)}
 
 
 @pytest.fixture(scope="module")

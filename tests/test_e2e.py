@@ -39,6 +39,14 @@ def scores(out: Path) -> dict:
     return {k: summary[k] for k in SCORES}
 
 
+def decisions(out):
+    """What was chosen and how it scored. Model scores themselves (SigLIP2, hybrid) may differ
+    in the 7th digit when a role batches another mix of samples, so they are not compared."""
+    keys = ("chosen", "index", "intersection", "union", "iou", "oracle_iou", "judge_calls", "cut_the_chase")
+    return {r["id"]: ({n: {k: e.get(k) for k in keys} for n, e in r["sweep"].items()},
+                      [h["raw_text"] for h in r["hypotheses"]], r["prediction"], r["failure"]) for r in records(out)}
+
+
 @pytest.fixture(scope="module")
 def demo_run(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "demo"
@@ -110,7 +118,7 @@ def test_resume_skips_finished_samples_and_repairs_a_torn_line(env, demo_run, tm
         "--run.progress", "false")
     assert json.loads((crashed / "summary.json").read_text())["timing"]["new_samples"] == 5
     assert scores(crashed) == before
-    assert {r["id"]: r["sweep"] for r in records(crashed)} == {r["id"]: r["sweep"] for r in records(demo_run)}
+    assert decisions(crashed) == decisions(demo_run)
 
 
 def test_a_different_config_is_refused_unless_forced(env, demo_run):
