@@ -39,7 +39,8 @@ from models.parsing import parse_rating, parse_verdict
 from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from models.qwen3_vl import Generation
 from models.tiny import resolve_checkpoint
-from models.vlm_requests import PlanRow, check_plan_settings, duel_request, plan_rows, rate_request, to_hypothesis
+from models.vlm_requests import (PlanRow, check_plan_settings, duel_request, fill_image_parts, plan_rows,
+                                 rate_request, to_hypothesis)
 from rescue_eval.errors import UsageError
 from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
@@ -49,14 +50,7 @@ MAX_IMAGES_PER_PROMPT = 2  # a duel shows two; vLLM reserves memory for this man
 
 
 def with_images(messages: list[dict], images: list[Image.Image]) -> list[dict]:
-    """The shared messages with their {"type": "image"} parts filled, in order, by vLLM image parts."""
-    slots = sum(part["type"] == "image" for m in messages for part in m["content"])
-    if slots != len(images):
-        raise ValueError(f"{len(images)} image(s) for {slots} image part(s)")
-    remaining = iter(images)
-    return [{**m, "content": [{"type": "image_pil", "image_pil": next(remaining)} if part["type"] == "image"
-                              else part for part in m["content"]]}
-            for m in messages]
+    return fill_image_parts(messages, [{"type": "image_pil", "image_pil": image} for image in images])
 
 
 def sampling_kwargs(temperature: float, seed: int | None, max_tokens: int, schema: dict | None) -> dict:

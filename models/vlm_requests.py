@@ -63,3 +63,14 @@ def rate_request(item: RateItem) -> tuple[list[dict], list[Image.Image]]:
 
 def duel_request(item: DuelItem) -> tuple[list[dict], list[Image.Image]]:
     return duel_messages(item.query), [overlay(item.image, item.mask_a), overlay(item.image, item.mask_b)]
+
+
+def fill_image_parts(messages: list[dict], parts: list[dict]) -> list[dict]:
+    """The prompts' {"type": "image"} placeholders replaced, in order, by a backend's own image
+    parts (vLLM's image_pil, OpenAI's image_url)."""
+    slots = sum(part.get("type") == "image" for m in messages for part in m["content"])
+    if slots != len(parts):
+        raise ValueError(f"{len(parts)} image(s) for {slots} image part(s)")
+    remaining = iter(parts)
+    return [{**m, "content": [next(remaining) if part.get("type") == "image" else part for part in m["content"]]}
+            for m in messages]

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rescue_eval.errors import UsageError
 
@@ -19,6 +20,7 @@ commands:
   build-tiny  build the tiny offline checkpoints:  rescue-eval build-tiny [--out DIR] [--force]
   segment     one image and one query to a mask:  rescue-eval segment IMAGE QUERY [--output DIR] [--key.sub value ...]
   download    fetch the checkpoints a config names into the Hugging Face cache:  rescue-eval download [--config FILE]
+  serve       host an executor or scorer over HTTP:  rescue-eval serve executor|scorer [--port P] [--ROLE.key value ...]
 
 `rescue-eval run --help` lists every configuration key.
 """
@@ -98,8 +100,30 @@ def cmd_download(argv: list[str]) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    """rescue-eval serve executor|scorer [--host H] [--port P] [--config FILE] [--ROLE.key value ...]"""
+    from models import build_role
+    from models.http_roles import PROTOCOLS
+    from models.tiny import resolve_checkpoint
+    from rescue_eval import config, http_server
+
+    p = argparse.ArgumentParser(prog="rescue-eval serve", description="Serve a local executor or scorer over "
+                                "HTTP (the JSON role protocol of models/http_roles.py); other options are run "
+                                "options such as --executor.checkpoint or --config.")
+    p.add_argument("role", choices=sorted(PROTOCOLS))
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication)")
+    p.add_argument("--port", type=int, default=None, help="default: the original service's (executor 8001, scorer 8003)")
+    args, rest = p.parse_known_args(argv)
+    cfg, _ = config.parse([*rest, "--output", "unused"])
+    section = getattr(cfg, args.role)
+    resolve_checkpoint(section.checkpoint)
+    port = args.port if args.port is not None else urlsplit(PROTOCOLS[args.role].default_url).port
+    http_server.serve(build_role(args.role, section), args.role, args.host, port, max_batch=section.max_batch)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "build-tiny": cmd_build_tiny, "segment": cmd_segment,
-            "download": cmd_download}
+            "download": cmd_download, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,27 +56,33 @@ def mask_box(mask: np.ndarray) -> Box | None:
 
 
 def pairwise_iou(masks: list[np.ndarray], chunk_bytes: int = 8 << 20) -> np.ndarray:
-    """N x N mask IoU without an N x H*W float matrix.
+    """N x N mask IoU without an N x H*W matrix.
 
-    Pixels outside the union of all masks are dropped first, then intersections are
-    accumulated over pixel chunks of at most `chunk_bytes` as float32 matmuls, so extra memory
-    is O(N * chunk + N^2) instead of O(N * H * W).
+    Only the image rows that some mask touches are visited, a block of rows at a time: each block
+    is an N x (rows * W) float32 matrix of at most `chunk_bytes`, and its Gram matrix adds the
+    block's intersections. Extra memory is O(chunk_bytes + N^2) whatever N and the image size.
     """
     n = len(masks)
     if n == 0:
         return np.zeros((0, 0))
-    flat = np.stack([m.reshape(-1) for m in masks])  # N x HW bool: 1 byte per pixel
-    cols = np.flatnonzero(flat.any(axis=0))
-    areas = flat.sum(axis=1, dtype=np.int64).astype(np.float64)
+    width = masks[0].shape[1]
+    areas = np.array([np.count_nonzero(m) for m in masks], dtype=np.float64)
+    touched = np.zeros(masks[0].shape[0], dtype=bool)
+    for m in masks:
+        touched |= m.any(axis=1)
+    rows = np.flatnonzero(touched)
+    step = max(1, chunk_bytes // (4 * n * width))
     inter = np.zeros((n, n), dtype=np.float64)
-    step = max(1, chunk_bytes // (4 * n))
-    for start in range(0, len(cols), step):
-        block = flat[:, cols[start:start + step]].astype(np.float32)
-        inter += block @ block.T  # exact: float32 holds integer counts up to 2**24 per chunk
+    block = np.empty((n, min(step, max(len(rows), 1)) * width), dtype=np.float32)
+    for start in range(0, len(rows), step):
+        chosen = rows[start:start + step]
+        view = block[:, :len(chosen) * width]
+        for i, m in enumerate(masks):
+            view[i] = m[chosen].reshape(-1)
+        inter += view @ view.T  # exact: float32 holds integer counts up to 2**24 per block
     union = areas[:, None] + areas[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / union, 1.0)
-    return iou
+        return np.where(union > 0, inter / union, 1.0)
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45,

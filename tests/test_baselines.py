@@ -98,3 +98,28 @@ def test_download_lists_only_hub_checkpoints():
                                    "scorer": "google/siglip2-giant-opt-patch16-384",
                                    "judge": "Qwen/Qwen3-VL-30B-A3B-Thinking"}
     assert checkpoints_of(config.Config()) == {}  # tiny checkpoints are built, not downloaded
+
+
+def test_serve_command_hosts_a_role_over_http(env):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "rescue_eval", "serve", "scorer", "--port", str(port),
+                             "--scorer.max_batch", "8"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                    assert json.loads(answer.read()) == {"role": "scorer"}
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,144 @@
+"""Planner and judge on any OpenAI-compatible chat-completions server, e.g. the vLLM servers of the
+original RESCue layout (verifier on :8000, planner on :8002).
+
+The variables of the original scripts keep working: PLANNER_API_BASE / VERIFIER_API_BASE when
+`url` is not set, PLANNER_MODEL / VERIFIER_MODEL over `checkpoint` (the served model name; a
+`tiny:` checkpoint, the config's default, means the original default model).
+OPENAI_API_KEY, when set, is sent as a bearer token and appears in no message or result.
+
+Each hypothesis is its own request with its own temperature and `seed` (hypothesis k is the
+same whatever N is, as with every backend: models/vlm_requests.py), images are data URLs of
+the file bytes (models/http_roles.encoded_image: the original JPEG/PNG, judge overlays as
+PNG), and with structured_output the answer is constrained by
+response_format={"type": "json_schema", ...} (OpenAI's form, which vLLM's server accepts too).
+Retries, timeouts and the concurrency limit are those of models/http_roles.JsonClient.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+from typing import Sequence
+
+from PIL import Image
+
+from models.http_roles import BACKOFF_BASE_S, JsonClient, encoded_image
+from models.parsing import parse_rating, parse_verdict
+from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from models.tiny import PREFIX
+from models.vlm_requests import check_plan_settings, duel_request, fill_image_parts, plan_rows, rate_request, to_hypothesis
+from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
+
+log = logging.getLogger(__name__)
+
+PLANNER_URL = "http://localhost:8002/v1"
+VERIFIER_URL = "http://localhost:8000/v1"
+# the original scripts' default models, served when neither the variable nor a real checkpoint names one
+PLANNER_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
+VERIFIER_MODEL = "Qwen/Qwen3-VL-30B-A3B-Thinking"
+
+
+def served_model(checkpoint: str, variable: str, default: str) -> str:
+    """$variable when set, else the checkpoint, unless that is empty or a `tiny:` spec (the config's
+    demo default, which no server serves)."""
+    if os.environ.get(variable):
+        return os.environ[variable]
+    return checkpoint if checkpoint and not checkpoint.startswith(PREFIX) else default
+
+
+def data_url(image: Image.Image) -> str:
+    data = encoded_image(image)
+    with Image.open(io.BytesIO(data)) as opened:
+        mime = Image.MIME.get(opened.format, "image/png")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def with_image_urls(messages: list[dict], urls: list[str]) -> list[dict]:
+    return fill_image_parts(messages, [{"type": "image_url", "image_url": {"url": url}} for url in urls])
+
+
+def read_completion(body: dict) -> tuple[str, int, int]:
+    """(text, prompt tokens, completion tokens) of a chat completion; raises on a malformed one."""
+    text = body["choices"][0]["message"]["content"] or ""  # None when the model said nothing
+    if not isinstance(text, str):
+        raise TypeError(f"message content is {type(text).__name__}, not text")
+    usage = body.get("usage") or {}
+    return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+class ChatServer:
+    """One served model behind /chat/completions."""
+
+    def __init__(self, role: str, model: str, url: str, max_concurrency: int, timeout_s: float, retries: int,
+                 max_new_tokens: int, backoff_s: float):
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.client = JsonClient(role, url.rstrip("/") + "/chat/completions", max_concurrency, timeout_s, retries,
+                                 api_key=os.environ.get("OPENAI_API_KEY") or None, backoff_s=backoff_s)
+        log.info("%s: model %s on %s", role, model, self.client.where)
+
+    def complete(self, messages: list[dict], image_urls: list[str], schema: dict | None, schema_name: str,
+                 **sampling) -> tuple[str, int, int]:
+        body = {"model": self.model, "messages": with_image_urls(messages, image_urls),
+                "max_tokens": self.max_new_tokens, **sampling}
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
+        return self.client.post(body, read_completion)
+
+
+class OpenAIPlanner:
+    """Planner: item.n hypotheses per item, one request each, with the strategy, temperature and
+    seed that models/vlm_requests.py assigns to hypothesis k."""
+
+    def __init__(self, checkpoint: str = "", url: str | None = None, max_concurrency: int = 8,
+                 timeout_s: float = 120.0, retries: int = 3, max_new_tokens: int = 64,
+                 structured_output: bool = True, strategies: Sequence[str] | None = None,
+                 temperatures: Sequence[float] = (0.3, 0.7, 1.0), backoff_s: float = BACKOFF_BASE_S):
+        self.chat = ChatServer("planner", served_model(checkpoint, "PLANNER_MODEL", PLANNER_MODEL),
+                               url or os.environ.get("PLANNER_API_BASE") or PLANNER_URL,
+                               max_concurrency, timeout_s, retries, max_new_tokens, backoff_s)
+        self.schema = PLAN_SCHEMA if structured_output else None
+        self.strategies, self.temperatures = check_plan_settings(strategies, temperatures)
+
+    def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
+        def ask(row) -> Hypothesis:
+            item = batch[row.item]
+            text, tokens_in, tokens_out = self.chat.complete(
+                plan_messages(item.query, row.strategy), [image_urls[row.item]], self.schema, "plan",
+                temperature=row.temperature, seed=row.seed)
+            return to_hypothesis(row, item.image, text, tokens_in, tokens_out)
+
+        image_urls = [data_url(item.image) for item in batch]  # encoded once, sent with each hypothesis
+        rows = plan_rows(batch, self.strategies, self.temperatures)
+        results: list[list[Hypothesis]] = [[] for _ in batch]
+        for row, hypothesis in zip(rows, self.chat.client.map(ask, rows)):
+            results[row.item].append(hypothesis)
+        return results
+
+
+class OpenAIJudge:
+    """Judge: greedy answers (temperature 0) about masks drawn in red on the image."""
+
+    def __init__(self, checkpoint: str = "", url: str | None = None, max_concurrency: int = 8,
+                 timeout_s: float = 120.0, retries: int = 3, max_new_tokens: int = 16,
+                 structured_output: bool = True, backoff_s: float = BACKOFF_BASE_S):
+        self.chat = ChatServer("judge", served_model(checkpoint, "VERIFIER_MODEL", VERIFIER_MODEL),
+                               url or os.environ.get("VERIFIER_API_BASE") or VERIFIER_URL,
+                               max_concurrency, timeout_s, retries, max_new_tokens, backoff_s)
+        self.structured_output = structured_output
+
+    def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:
+        return self._ask([rate_request(item) for item in batch], RATE_SCHEMA, "rating", parse_rating)
+
+    def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
+        return self._ask([duel_request(item) for item in batch], DUEL_SCHEMA, "verdict", parse_verdict)
+
+    def _ask(self, requests: list, schema: dict, schema_name: str, parse) -> list[JudgeAnswer]:
+        def ask(request) -> JudgeAnswer:
+            messages, images = request
+            text, tokens_in, tokens_out = self.chat.complete(
+                messages, [data_url(image) for image in images], schema if self.structured_output else None, schema_name, temperature=0.0)
+            return JudgeAnswer(parse(text), text, tokens_in, tokens_out)
+
+        return self.chat.client.map(ask, requests)
