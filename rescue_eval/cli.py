@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rescue_eval.errors import UsageError
+from rescue_eval.errors import FatalError, UsageError
 
 USAGE = """usage: rescue-eval COMMAND [options]
 
@@ -137,3 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # configuration and input mistakes: one sentence, no traceback
         print(f"rescue-eval: error: {exc}", file=sys.stderr)
         return 2
+    except FatalError as exc:  # the job cannot go on (a rank gone, a disk full); results so far are kept
+        print(f"rescue-eval: error: {exc}", file=sys.stderr)
+        return 1

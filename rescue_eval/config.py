@@ -28,7 +28,8 @@ LEGACY_FLAGS = {  # original RESCue option -> dotted key
 
 # Keys that change how a run goes but not its results: a resumed run may change them freely
 # (placement included: results do not depend on the world size or the layout).
-RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests", "run.max_wait_ms"}
+RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests", "run.max_wait_ms",
+                    "run.strict"}
 RESUME_FREE_SECTIONS = {"placement", "dist", "wandb"}
 
 
@@ -102,6 +103,7 @@ class RunConfig:
     overlays: int = 8  # overlay images of the first samples in the report
     progress: bool = True
     force: bool = False  # resume into an output directory made with a different config
+    strict: bool = False  # stop at the first bad input sample instead of scoring it as a failure
 
 
 Hosts = Union[Literal["all"], list[int]]

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from rescue_eval.errors import FatalError, UsageError
+
 
 def results_dir(out: Path) -> Path:
     return Path(out) / "results"
@@ -19,15 +21,28 @@ class ResultWriter:
     """Appends this rank's records to OUT/results/rank-R.jsonl."""
 
     def __init__(self, out: Path, rank: int):
-        results_dir(out).mkdir(parents=True, exist_ok=True)
         self.path = results_dir(out) / f"rank-{rank}.jsonl"
-        repair_torn_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            results_dir(out).mkdir(parents=True, exist_ok=True)
+            repair_torn_tail(self.path)
+            self._file = open(self.path, "ab", buffering=0)  # unbuffered: nothing half-written waits in memory
+        except OSError as exc:
+            raise UsageError(f"Cannot write results to {self.path} ({exc.strerror}); choose a writable "
+                             f"--output.") from exc
 
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Write one line and make it durable, or leave the file as it was (no half line)."""
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+        start = self._file.tell()
+        try:
+            written = 0
+            while written < len(line):  # a raw write may take only part of the line
+                written += self._file.write(line[written:])
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._file.truncate(start)
+            raise FatalError(f"Cannot write results to {self.path} ({exc.strerror}); the samples finished "
+                             f"before are kept: free space or fix the folder, then rerun to resume.") from exc
 
     def close(self) -> None:
         self._file.close()

@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -117,6 +118,7 @@ def run(cfg: Config, out: Path) -> dict:
     servers: dict = {}
     if world > 1:
         transport.init(rank, world, cfg.dist.timeout_s, cfg.dist.rpc_timeout_s)
+        explain_termination(cfg, rank, world)
     try:
         summary = _run_rank(cfg, Path(out), rank, world, local_rank, servers)
     except BaseException:
@@ -128,6 +130,25 @@ def run(cfg: Config, out: Path) -> dict:
     for server in servers.values():
         server.close()
     return summary
+
+
+def explain_termination(cfg: Config, rank: int, world: int) -> None:
+    """When torchrun stops this rank because another one died, say which roles each rank
+    hosts: torchrun's own summary names the rank that failed, this names what it was doing."""
+    from rescue_eval.roles import hosts_of, needed_roles
+
+    dedicated = [r for r in needed_roles(cfg) if getattr(cfg.placement, r) != "all"]
+    hosted = {k: [r for r in dedicated if k in hosts_of(cfg, r, world)] for k in range(world)}
+    layout = "; ".join(f"rank {k}: {', '.join(roles) or 'samples only'}" for k, roles in hosted.items())
+
+    def on_term(signum, frame):
+        sys.stderr.write(f"rescue-eval: rank {rank} stopped by the launcher (another rank failed, or the job was "
+                         f"cancelled). Roles by rank: {layout}. Finished samples are kept; rerun the same "
+                         f"command to resume.\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)  # no cleanup: peers are gone and would make it hang
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, servers: dict) -> dict:
@@ -166,7 +187,7 @@ def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, se
     fault = FaultInjection.from_env(out, rank)
     try:
         stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
-                             cfg.run.parallel_requests, progress, fault)
+                             cfg.run.parallel_requests, progress, fault, cfg.run.strict)
     finally:
         progress.close()
     wall = time.perf_counter() - start
@@ -226,9 +247,11 @@ def gather(obj, world: int) -> list:
 
 
 def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: ResultWriter, metrics: SplitMetrics,
-          finished: dict, parallel_requests: int, progress: "JobProgress", fault: "FaultInjection") -> dict:
+          finished: dict, parallel_requests: int, progress: "JobProgress", fault: "FaultInjection",
+          strict: bool = False) -> dict:
     """Search this rank's samples with up to `parallel_requests` in flight; write each record as
-    it finishes. Returns the summed per-stage seconds."""
+    it finishes. Returns the summed per-stage seconds. `strict`: the first bad input stops the
+    job (its record is not written, so a rerun after the fix evaluates it)."""
     stage_totals: dict[str, float] = {}
 
     def one(index: int) -> dict:
@@ -240,6 +263,9 @@ def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: Res
             try:
                 for done, future in enumerate(as_completed(futures), start=1):
                     rec = future.result()
+                    if strict and rec["failure"] == "bad_input":
+                        raise UsageError(f"run.strict: sample {rec['id']} is bad input ({rec['error']}); fix or "
+                                         f"remove it, or run without --run.strict to score it as a failure.")
                     writer.append(rec)
                     finished[rec["id"]] = rec
                     metrics.update_record(rec)

@@ -45,8 +45,19 @@ class Sample:
 
 
 def decode_image_bytes(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    """The RGB pixels LISA's `cv2.imread(path)` gives (in RGB order), which its ground truth is drawn on.
+
+    - EXIF orientation is applied, as cv2.imread and labelme do when they open a photo;
+    - 16-bit grayscale keeps its high byte (cv2 does the same; Pillow's convert would clip at 255);
+    - alpha is dropped, not composited (as cv2.imread); grayscale, palette and CMYK become RGB.
+    Raises on bytes Pillow cannot decode fully, truncated files included.
+    """
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()  # decode everything now: a truncated file fails here, not later in a model
+        image = ImageOps.exif_transpose(opened)  # a copy, so it outlives `opened`
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    return image.convert("RGB")
 
 
 @dataclass

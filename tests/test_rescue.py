@@ -85,3 +85,35 @@ def test_failures_stay_with_their_sample_and_score_as_empty():
 def test_unusable_judge_falls_back_to_the_hybrid_score():
     rec = search_batch([sample(0)], roles(judge_answer=None), settings(8))[0]
     assert rec["failure"] is None and rec["vlm"]["judge_unusable"] > 0
+
+
+def test_a_failed_write_leaves_no_half_line_and_says_why(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from rescue_eval.errors import FatalError
+    from rescue_eval.results import ResultWriter, load_records
+
+    writer = ResultWriter(tmp_path, rank=0)
+    writer.append({"id": "a", "x": 1})
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(FatalError, match="No space left on device.*rerun to resume"):
+        writer.append({"id": "b", "x": 2})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    writer.close()
+    assert (tmp_path / "results" / "rank-0.jsonl").read_text() == '{"id":"a","x":1}\n'
+    assert list(load_records(tmp_path)) == ["a"]
+
+
+def test_an_unwritable_output_directory_is_one_sentence(tmp_path):
+    from rescue_eval.errors import UsageError
+    from rescue_eval.results import ResultWriter
+
+    (tmp_path / "results").write_text("a file where the folder should be")
+    with pytest.raises(UsageError, match="choose a writable --output"):
+        ResultWriter(tmp_path, rank=0)
