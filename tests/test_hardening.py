@@ -40,3 +40,28 @@ def test_keys_in_the_environment_never_reach_an_output_file(tmp_path):
         data = path.read_bytes()
         for name, key in keys.items():
             assert key.encode() not in data, f"{name} found in {path}"
+
+
+def test_an_unreachable_planner_server_fails_each_sample_and_the_run_goes_on(tmp_path):
+    import json
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    cli(env, "run", "--output", str(out), "--max_n", "2", "--fraction", "0.25", "--mode", "heuristic",
+        "--planner.backend", "openai", "--planner.url", f"http://127.0.0.1:{port}/v1", "--planner.retries", "1",
+        "--planner.timeout_s", "2", "--run.progress", "false", "--wandb.enabled", "false")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == 4 and summary["failures"] == {"planner_error": 4}
+    assert all(f"127.0.0.1:{port}" in r["error"] for r in records(out))
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_sentence(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}
+    proc = cli(env, "run", "--output", str(blocker / "out"), "--max_n", "1", check=False)
+    assert proc.returncode == 2 and "choose a writable --output" in proc.stderr and "Traceback" not in proc.stderr
