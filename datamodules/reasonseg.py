@@ -1,12 +1,19 @@
 """ReasonSeg: LISA's folder format, Seg-Zero's parquet format, and the DataModule over both.
 
 Rows are read lazily in `__getitem__`, because the distributed runner reads only its own
-strided shard. A row that cannot be read never raises: it becomes a Sample with `error` set
-(a short reason), so it is scored as a failure and counted, never dropped.
+strided shard. A row that cannot be read never raises and is never dropped: it becomes a Sample
+whose `error` starts with a short reason (listed in `datamodules/images.py`), scored as a failure
+and counted. A row that LISA would score but that looks odd loads as LISA loads it, and
+`meta["warnings"]` says what is odd, with reasons of the same form:
+
+    gt_empty                no target pixel; scored as LISA does (1.0 for an empty prediction)
+    polygon_short           a polygon of 1 or 2 points, drawn as LISA's cv2 calls draw it (a dot or a line)
+    polygon_outside         a polygon entirely outside the image, so it adds no pixel (partly outside: clipped)
+    annotation_size_differs the JSON's imageWidth/imageHeight are not the image's size (EXIF orientation
+                            applied); the polygons are drawn on the image, as LISA does
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Literal
@@ -15,18 +22,17 @@ import cv2
 import lightning as L
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.images import RowError, decoded_size, describe, read_inside, real_folder
 from rescue_eval.errors import UsageError
 from rescue_eval.types import IGNORE, Sample
 
 PARQUET_COLUMNS = ("image", "text", "mask", "image_id", "ann_id")
-
-
-class RowError(Exception):
-    """A row that cannot be used; the message is the short reason stored in `Sample.error`."""
+LISA_KEYS = ("text", "is_sentence", "shapes")
+Polygon = tuple[int, int, np.ndarray]  # (index among the shapes, label value 1 or IGNORE, int32 points)
 
 
 def check_fraction(fraction: float) -> None:
@@ -42,66 +48,107 @@ def select_fraction(n: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).permutation(n)[:keep])
 
 
-def lisa_mask(shapes: list[dict], height: int, width: int) -> np.ndarray:
-    """Ground truth exactly as LISA's `get_mask_from_json`: uint8 HxW, 1 = target, 255 = ignore.
-
-    Polygons are drawn largest area first (area measured on a filled-plus-outline temp mask), so a
-    smaller polygon drawn later wins where they overlap; ties follow np.argsort as in LISA.
-    """
-    kept, areas = [], []
-    for shape in shapes:
-        if shape["label"].lower() == "flag":  # LISA: meaningless deprecated annotations
-            continue
-        polygon = np.array([shape["points"]], dtype=np.int32)
-        area_mask = np.zeros((height, width), dtype=np.uint8)
-        cv2.polylines(area_mask, polygon, True, 1, 1)
-        cv2.fillPoly(area_mask, polygon, 1)
-        areas.append(area_mask.sum())
-        kept.append(shape)
-    mask = np.zeros((height, width), dtype=np.uint8)
-    for index in np.argsort(areas)[::-1]:
-        value = IGNORE if "ignore" in kept[index]["label"].lower() else 1
-        polygon = np.array([kept[index]["points"]], dtype=np.int32)
-        cv2.polylines(mask, polygon, True, value, 1)
-        cv2.fillPoly(mask, polygon, value)
-    return mask
+def query_text(text: object) -> str:
+    """The query: `text[0]` of a list (as LISA evaluates), or the string itself."""
+    if isinstance(text, list) and not text:
+        raise RowError("text_empty: text is an empty list")
+    query = text[0] if isinstance(text, list) else text
+    if not isinstance(query, str):
+        raise RowError(f"annotation_invalid: the query is {type(query).__name__}, not a string")
+    if not query.strip():
+        raise RowError("text_empty: the query is blank")
+    return query
 
 
-def _reason(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"[:200]
-
-
-def _decoded_size(image_bytes: bytes) -> tuple[int, int]:
-    """(height, width) after EXIF rotation: the ground truth is drawn on the rotated image."""
-    try:
-        with Image.open(io.BytesIO(image_bytes)) as image:
-            image.load()  # decode fully, so truncated files fail here and not in a model
-            rotated = ImageOps.exif_transpose(image)
-            return rotated.height, rotated.width
-    except Exception as exc:  # Pillow raises many types on corrupt data
-        raise RowError(f"image_unreadable: {_reason(exc)}") from exc
-
-
-def _read_lisa_json(path: Path) -> dict:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RowError(f"annotation_missing: {_reason(exc)}") from exc
+def read_lisa_json(data: bytes) -> dict:
     try:
         try:
-            text = raw.decode("utf-8-sig")
+            annotation = json.loads(data)  # UTF-8 (BOM or not), UTF-16 or UTF-32
         except UnicodeDecodeError:  # some ReasonSeg files are cp1252, as LISA's loader expects
-            text = raw.decode("cp1252")
-        return json.loads(text)
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise RowError(f"annotation_invalid: {_reason(exc)}") from exc
+            annotation = json.loads(data.decode("cp1252"))
+    except (ValueError, RecursionError) as exc:  # undecodable bytes, bad JSON, absurd nesting
+        raise RowError(f"annotation_invalid: {describe(exc)}") from exc
+    if not isinstance(annotation, dict):
+        raise RowError(f"annotation_invalid: the JSON holds a {type(annotation).__name__}, not an object")
+    missing = [key for key in LISA_KEYS if key not in annotation]
+    if missing:
+        raise RowError(f"annotation_invalid: missing key(s) {missing}")
+    if annotation["is_sentence"] not in (True, False):  # 0 and 1 pass; "false" would be true for LISA
+        raise RowError(f"annotation_invalid: is_sentence is {annotation['is_sentence']!r}, not true or false")
+    if not isinstance(annotation["shapes"], list):
+        raise RowError(f"annotation_invalid: shapes is a {type(annotation['shapes']).__name__}, not a list")
+    return annotation
+
+
+def lisa_polygons(shapes: list) -> list[Polygon]:
+    """The polygons LISA draws: every shape but those labelled "flag" (LISA skips them unread);
+    a label containing "ignore" gives IGNORE, any other label 1 (LISA's rules)."""
+    polygons = []
+    for index, shape in enumerate(shapes):
+        label = shape.get("label") if isinstance(shape, dict) else None
+        if not isinstance(label, str):
+            raise RowError(f"polygon_invalid: shape {index} has no string label")
+        if label.lower() == "flag":  # LISA: meaningless deprecated annotations
+            continue
+        try:
+            points = np.asarray(shape.get("points"), dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: JSON integers beyond float
+            raise RowError(f"polygon_invalid: shape {index} points are not x, y numbers ({describe(exc)})") from exc
+        if points.ndim != 2 or points.shape[1] != 2:  # [] is 1-D: no points
+            raise RowError(f"polygon_invalid: shape {index} points have shape {points.shape}, not (n >= 1, 2)")
+        if not np.isfinite(points).all() or np.abs(points).max() >= 2**31:
+            raise RowError(f"polygon_invalid: shape {index} has a coordinate that is not finite or not an int32")
+        # astype truncates toward zero, as LISA's np.array(points, dtype=np.int32)
+        polygons.append((index, IGNORE if "ignore" in label.lower() else 1, points.astype(np.int32)))
+    return polygons
+
+
+def lisa_mask(polygons: list[Polygon], height: int, width: int) -> tuple[np.ndarray, list[int]]:
+    """Ground truth exactly as LISA's `get_mask_from_json`: uint8 HxW, 1 = target, 255 = ignore;
+    with each polygon's area in pixels (0 for one entirely outside the image).
+
+    Polygons are drawn largest area first (area measured on a filled-plus-outline temp mask), so a
+    smaller polygon drawn later wins where they overlap; ties follow np.argsort as in LISA. Points
+    outside the image are clipped by cv2, and 1-2 points draw a dot or a line, as in LISA.
+    """
+    areas = []
+    for _, _, points in polygons:
+        area_mask = np.zeros((height, width), dtype=np.uint8)
+        cv2.polylines(area_mask, points[np.newaxis], True, 1, 1)
+        cv2.fillPoly(area_mask, points[np.newaxis], 1)
+        areas.append(area_mask.sum())
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for order in np.argsort(areas)[::-1]:
+        _, value, points = polygons[order]
+        cv2.polylines(mask, points[np.newaxis], True, value, 1)
+        cv2.fillPoly(mask, points[np.newaxis], value)
+    return mask, [int(area) for area in areas]
+
+
+def lisa_warnings(annotation: dict, polygons: list[Polygon], areas: list[int], mask: np.ndarray) -> list[str]:
+    height, width = mask.shape
+    warnings = [f"polygon_short: shape {index} has {len(points)} point(s), drawn as a {'dot' if len(points) == 1 else 'line'}"
+                for index, _, points in polygons if len(points) < 3]
+    warnings += [f"polygon_outside: shape {index} lies entirely outside the {width}x{height} image"
+                 for (index, _, _), area in zip(polygons, areas) if area == 0]
+    stated = (annotation.get("imageWidth"), annotation.get("imageHeight"))
+    if all(isinstance(n, int) for n in stated) and stated != (width, height):
+        warnings.append(f"annotation_size_differs: the JSON says {stated[0]}x{stated[1]}, "
+                        f"the image is {width}x{height} (EXIF orientation applied)")
+    return warnings + gt_warnings(mask)
+
+
+def gt_warnings(mask: np.ndarray) -> list[str]:
+    return [] if (mask == 1).any() else ["gt_empty: no target pixel; LISA scores 1.0 for an empty prediction"]
 
 
 class ReasonSegFolderDataset(Dataset):
     """LISA's layout: `root/split/<id>.jpg` with `<id>.json` (labelme polygons) beside each.
 
-    Ids are the image stems, sorted. Query = `text[0]` (as LISA evaluates), subset = "long"
-    for `is_sentence` queries, else "short".
+    Ids are the stems of the .jpg and .json files, sorted (a JSON without its image is a failed
+    sample, not a lost one). Query = `text[0]` (as LISA evaluates), subset = "long" for
+    `is_sentence` queries, else "short". Files are read only inside the split folder (symlinks
+    followed), so a linked root or split folder works, a link out of it is refused.
     """
 
     def __init__(self, root: str | Path, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
@@ -112,11 +159,13 @@ class ReasonSegFolderDataset(Dataset):
         if not split_dir.is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
             raise UsageError(f"ReasonSeg split folder {split_dir} does not exist: set --data.split to one of {found} or fix --data.root.")
-        images = sorted(split_dir.glob("*.jpg"), key=lambda path: path.stem)
+        images = list(split_dir.glob("*.jpg"))
         if not images:
             raise UsageError(f"No *.jpg images in {split_dir}: set --data.root to LISA's ReasonSeg folder (root/{split}/<id>.jpg + <id>.json).")
-        self.image_paths = [images[i] for i in select_fraction(len(images), fraction, fraction_seed)]
-        self.ids = [path.stem for path in self.image_paths]
+        stems = sorted({path.stem for path in images} | {path.stem for path in split_dir.glob("*.json")})
+        self.ids = [stems[i] for i in select_fraction(len(stems), fraction, fraction_seed)]
+        self.image_paths = [split_dir / f"{stem}.jpg" for stem in self.ids]
+        self.boundary = real_folder(split_dir)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -127,30 +176,21 @@ class ReasonSegFolderDataset(Dataset):
                         meta={"path": str(image_path), "format": "lisa_folder", "is_sentence": None})
         try:
             # The annotation first: a sample with a bad image still reports its query and subset.
-            annotation = _read_lisa_json(image_path.with_suffix(".json"))
-            try:
-                texts, is_sentence = annotation["text"], bool(annotation["is_sentence"])
-                query = texts if isinstance(texts, str) else texts[0]
-                shapes = annotation["shapes"]
-            except (KeyError, IndexError, TypeError) as exc:
-                raise RowError(f"annotation_invalid: {_reason(exc)}") from exc
-            if not isinstance(query, str):
-                raise RowError(f"annotation_invalid: text[0] is {type(query).__name__}, not a string")
-            sample.query = query
-            sample.meta["is_sentence"] = is_sentence
-            sample.subset = "long" if is_sentence else "short"
-            try:
-                image_bytes = image_path.read_bytes()
-            except OSError as exc:
-                raise RowError(f"image_unreadable: {_reason(exc)}") from exc
-            height, width = _decoded_size(image_bytes)
-            try:
-                sample.gt_mask = lisa_mask(shapes, height, width)
-            except Exception as exc:  # malformed labels or points: cv2, numpy and dict errors alike
-                raise RowError(f"annotation_invalid: {_reason(exc)}") from exc
+            annotation = read_lisa_json(read_inside(image_path.with_suffix(".json"), self.boundary,
+                                                    "annotation_missing", "annotation_invalid"))
+            sample.meta["is_sentence"] = bool(annotation["is_sentence"])
+            sample.subset = "long" if annotation["is_sentence"] else "short"
+            sample.query = query_text(annotation["text"])
+            image_bytes = read_inside(image_path, self.boundary, "image_missing", "image_unreadable")
+            height, width = decoded_size(image_bytes)
+            polygons = lisa_polygons(annotation["shapes"])
+            sample.gt_mask, areas = lisa_mask(polygons, height, width)
+            warnings = lisa_warnings(annotation, polygons, areas, sample.gt_mask)
+            if warnings:
+                sample.meta["warnings"] = warnings
             sample.image_bytes = image_bytes
         except RowError as exc:
-            sample.error = str(exc)
+            sample.gt_mask, sample.error = None, str(exc)
         return sample
 
 
@@ -174,18 +214,24 @@ class ReasonSegParquetDataset(Dataset):
     for every row; decided before `fraction`, so an id names the same row whatever the fraction.
     gt = mask as 0/1: these masks were made with astype(bool) on {0, 1, 255}, so LISA's ignore
     pixels are foreground here (meta["ignore_as_foreground"]); there are no subsets.
+    An `image` cell is the encoded bytes or HF datasets' {"bytes", "path"}; without bytes, the
+    file at `path` (relative to the parquet file) is read, only inside the data root.
     """
 
     def __init__(self, root: str | Path, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
         self.files = _parquet_files(Path(root), split)
+        self.boundary = real_folder(Path(root) if Path(root).is_dir() else Path(root).parent)
         image_ids, ann_ids, locations = [], [], []  # locations: (file, row group, row in group)
         for file_index, path in enumerate(self.files):
-            parquet = pq.ParquetFile(path)
-            missing = [c for c in PARQUET_COLUMNS if c not in parquet.schema_arrow.names]
+            try:
+                parquet = pq.ParquetFile(path)
+                missing = [c for c in PARQUET_COLUMNS if c not in parquet.schema_arrow.names]
+                groups = [parquet.read_row_group(g, columns=["image_id", "ann_id"]) for g in range(parquet.num_row_groups)]
+            except (OSError, pa.ArrowException) as exc:  # no footer: its rows cannot even be counted
+                raise UsageError(f"{path} is not a readable parquet file ({describe(exc)}): re-download it or remove it from --data.root.") from exc
             if missing:
                 raise UsageError(f"{path} lacks columns {missing}: expected Seg-Zero's ReasonSeg parquet ({', '.join(PARQUET_COLUMNS)}).")
-            for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=["image_id", "ann_id"])
+            for group, table in enumerate(groups):
                 image_ids += table.column("image_id").to_pylist()
                 ann_ids += table.column("ann_id").to_pylist()
                 locations += [(file_index, group, row) for row in range(table.num_rows)]
@@ -209,9 +255,19 @@ class ReasonSegParquetDataset(Dataset):
             try:
                 table = pq.ParquetFile(self.files[file_index]).read_row_group(group, columns=["image", "text", "mask"])
             except (OSError, pa.ArrowException) as exc:
-                raise RowError(f"row_unreadable: {_reason(exc)}") from exc
+                raise RowError(f"row_unreadable: {describe(exc)}") from exc
             self._cached_group = ((file_index, group), table)
         return self._cached_group[1]
+
+    def _image_bytes(self, cell: object, file_index: int) -> bytes:
+        data, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
+        if data is None and isinstance(path, str) and path:
+            return read_inside(self.files[file_index].parent / path, self.boundary, "image_missing", "image_unreadable")
+        if data is None:
+            raise RowError("image_missing: the row holds no image bytes and no path")
+        if not isinstance(data, bytes):
+            raise RowError(f"image_unreadable: the image is a {type(data).__name__}, not bytes")
+        return data
 
     def __getitem__(self, index: int) -> Sample:
         file_index, group, row = self.locations[index]
@@ -220,34 +276,40 @@ class ReasonSegParquetDataset(Dataset):
                               "format": "parquet", "ignore_as_foreground": True})
         try:
             record = self._row_group(file_index, group).slice(row, 1)
-            text = record.column("text")[0].as_py()
-            if not isinstance(text, str):
-                raise RowError(f"annotation_invalid: text is {type(text).__name__}, not a string")
-            sample.query = text
-            image = record.column("image")[0].as_py()
-            image_bytes = image.get("bytes") if isinstance(image, dict) else image  # HF datasets writes a dict
-            if not image_bytes:
-                raise RowError("image_unreadable: no image bytes in the row")
-            height, width = _decoded_size(image_bytes)
+            sample.query = query_text(record.column("text")[0].as_py())
+            image_bytes = self._image_bytes(record.column("image")[0].as_py(), file_index)
+            height, width = decoded_size(image_bytes)
             sample.gt_mask = _parquet_mask(record, height, width)
-            sample.image_bytes = bytes(image_bytes)
+            if warnings := gt_warnings(sample.gt_mask):
+                sample.meta["warnings"] = warnings
+            sample.image_bytes = image_bytes
         except RowError as exc:
-            sample.error = str(exc)
+            sample.gt_mask, sample.error = None, str(exc)
         return sample
 
 
 def _parquet_mask(record: pa.Table, height: int, width: int) -> np.ndarray:
-    """The row's nested HxW bool list as uint8 0/1, checked against the decoded image size."""
+    """The row's nested HxW bool (or 0/1 integer) list as uint8 0/1, checked against the decoded image size."""
+    cell = record.column("mask").combine_chunks()
+    if cell.null_count:
+        raise RowError("annotation_invalid: the row has no mask")
     try:
-        mask_rows = record.column("mask").combine_chunks().flatten()  # one list per mask row
-        row_lengths = set(mask_rows.value_lengths().to_pylist())
-        pixels = np.asarray(mask_rows.flatten().to_numpy(zero_copy_only=False), dtype=bool)
-    except (pa.ArrowException, TypeError, ValueError, AttributeError) as exc:
-        raise RowError(f"annotation_invalid: mask is not a nested bool list ({_reason(exc)})") from exc
-    if len(mask_rows) != height or row_lengths != {width}:
-        raise RowError(f"annotation_invalid: mask rows {len(mask_rows)} x lengths {sorted(row_lengths)[:3]} "
-                       f"do not match the image's {height}x{width}")
-    return pixels.reshape(height, width).astype(np.uint8)
+        mask_rows = cell.flatten()  # one list per mask row
+        row_lengths = set(pc.list_value_length(mask_rows).to_pylist())
+        values = mask_rows.flatten()
+    except (pa.ArrowException, TypeError, AttributeError) as exc:
+        raise RowError(f"annotation_invalid: the mask is a {cell.type}, not a nested list of rows") from exc
+    if mask_rows.null_count or values.null_count:
+        raise RowError("annotation_invalid: the mask has missing rows or pixels")
+    if not (pa.types.is_boolean(values.type) or pa.types.is_integer(values.type)):
+        raise RowError(f"annotation_invalid: mask pixels are {values.type}, not bool")
+    if len(row_lengths) > 1:
+        raise RowError(f"annotation_invalid: mask rows have different lengths {sorted(row_lengths)[:4]}")
+    shape = (len(mask_rows), row_lengths.pop() if row_lengths else 0)
+    if shape != (height, width):
+        raise RowError(f"gt_size_mismatch: the mask is {shape[0]}x{shape[1]} (HxW), the image {height}x{width} "
+                       "(EXIF orientation applied)")
+    return values.to_numpy(zero_copy_only=False).astype(bool).reshape(shape).astype(np.uint8)
 
 
 class ReasonSegDataModule(L.LightningDataModule):

@@ -123,13 +123,15 @@ class JsonClient:
 
 def encoded_image(image: Image.Image) -> bytes:
     """The file bytes to send for an image: its original bytes when it carries them
-    (Sample.decode_image keeps them in info["source"]) and they need no EXIF rotation, else
-    lossless PNG of its pixels (judge overlays, rotated photos). A server that does not apply
-    EXIF orientation (vLLM's image loader does not) thus sees what the ground truth is drawn on."""
+    (Sample.decode_image keeps them in info["source"]), they need no EXIF rotation and any
+    decoder reads them the same way (8-bit RGB or grayscale); else lossless PNG of the pixels the
+    harness decoded (judge overlays, rotated photos, 16-bit, RGBA, palette, CMYK). A server that
+    does not apply EXIF orientation or decodes other modes its own way (vLLM puts RGBA on white,
+    clips 16-bit) thus sees what the ground truth is drawn on."""
     source = image.info.get("source")
     if source:
         with Image.open(io.BytesIO(source[1])) as original:
-            if original.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            if original.mode in ("RGB", "L") and original.getexif().get(EXIF_ORIENTATION, 1) == 1:
                 return source[1]
     buffer = io.BytesIO()
     image.save(buffer, "PNG")

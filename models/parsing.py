@@ -4,6 +4,13 @@ Models wrap JSON in ```json fences, prose or <think> blocks, stop mid-answer at 
 limit, quote numbers, rename keys and return lists of objects; a random-weight or unconstrained
 model returns anything at all. Each parser tries real JSON first, then a regex over the text,
 and reports what it could not use instead of raising.
+
+Box coordinates are read on Qwen3-VL's 0..1000 grid (what the planner prompt asks for), with one
+exception: four values all within [0, 1] are taken as fractions of the image, since as grid
+values they would span at most 1/1000 of it, which no model means. Pixel coordinates are not
+guessed: a 400-pixel box on a 2000-pixel image is a valid grid box too, so no rule tells them
+apart; values over 1000 are out of the grid and clamped. Every box returned is finite, ordered,
+inside the image and at least 1 px wide and high (`clean_pixel_box`).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from rescue_eval.types import Box
 
 GRID = 1000  # Qwen3-VL boxes: integers on a 0..1000 grid relative to width and height
 BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box", "bounding_box", "bbox2d")
+CORNER_KEYS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"), ("left", "top", "right", "bottom"))
 SCORE_KEYS = ("score", "rating", "grade", "value")
 VERDICT_KEYS = ("winner", "answer", "choice", "better", "verdict")
 SCORE_MAX = 10
@@ -28,14 +36,14 @@ _BOX_LIST_RE = re.compile(r"(?:%s)[\"']?\s*[:=]?\s*[\[(]+([^\])]{0,200})" % "|".
 _SCORE_RE = re.compile(r"(?:score|rating|grade)\W{0,4}(" + NUMBER + ")", re.IGNORECASE)
 _OUT_OF_TEN_RE = re.compile(r"(" + NUMBER + r")\s*/\s*10\b")
 _VERDICT_RE = re.compile(r"(?i:winner|answer|better|verdict)\W{0,4}(?i:image |mask )?([AB])\b")
-_THINK_END = "</think>"
+_THINK_END_RE = re.compile(r"</think(?:ing)?>", re.IGNORECASE)
 _DECODER = json.JSONDecoder()
 
 BoxStatus = Literal["ok", "parse_error", "degenerate"]
 
 
 def parse_box(text: str, width: int, height: int) -> tuple[Box | None, BoxStatus]:
-    """A pixel xyxy box from an answer on the 0..1000 grid, or None and why not.
+    """A pixel xyxy box from an answer on the 0..1000 grid (or in 0..1 fractions), or None and why not.
 
     "parse_error": no four coordinates found; "degenerate": found, but not finite or under
     1 px wide or high once ordered and clamped to the image.
@@ -44,10 +52,10 @@ def parse_box(text: str, width: int, height: int) -> tuple[Box | None, BoxStatus
         for value in _json_values(candidate):
             coords = _box_from_json(value)
             if coords is not None:
-                return _grid_to_pixels(coords, width, height)
+                return _to_pixels(coords, width, height)
         coords = _box_from_regex(candidate)
         if coords is not None:
-            return _grid_to_pixels(coords, width, height)
+            return _to_pixels(coords, width, height)
     return None, "parse_error"
 
 
@@ -81,12 +89,11 @@ def parse_verdict(text: str) -> Literal["A", "B"] | None:
 
 
 def _answer_candidates(text: str) -> list[str]:
-    """The answer after the last </think> first (reasoning may mention other boxes), then the
-    whole text (the answer may sit inside an unclosed think block)."""
+    """The answer after the last </think> (or </thinking>) first (reasoning may mention other
+    boxes), then the whole text (the answer may sit inside an unclosed think block)."""
     text = text if isinstance(text, str) else str(text)
-    if _THINK_END in text:
-        return [text.rsplit(_THINK_END, 1)[1], text]
-    return [text]
+    ends = list(_THINK_END_RE.finditer(text))
+    return [text[ends[-1].end():], text] if ends else [text]
 
 
 def _json_values(text: str) -> Iterator[object]:
@@ -132,25 +139,38 @@ def _to_float(value: object) -> float | None:
 
 
 def _four_numbers(value: object) -> list[float] | None:
-    if not isinstance(value, (list, tuple)) or len(value) != 4:
+    """[x1, y1, x2, y2], or two corner points [[x1, y1], [x2, y2]], as four numbers."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) and len(v) == 2 for v in value):
+        value = value[0] + value[1]
+    if not isinstance(value, list) or len(value) != 4:
         return None
     numbers = [_to_float(v) for v in value]
     return None if any(n is None for n in numbers) else numbers  # type: ignore[return-value]
 
 
+def _corners(obj: dict) -> list[float] | None:
+    """{"x1": .., "y1": .., "x2": .., "y2": ..} and the like."""
+    for keys in CORNER_KEYS:
+        numbers = [_to_float(_get_key(obj, key)) for key in keys]
+        if all(n is not None for n in numbers):
+            return numbers  # type: ignore[return-value]
+    return None
+
+
 def _box_from_json(value: object, depth: int = 0) -> list[float] | None:
-    """Coordinates from a box-keyed object, a bare [x1, y1, x2, y2], or the first such inside a
-    list (Qwen lists one object per instance: the first is taken)."""
+    """Coordinates from a box-keyed object, a corner-keyed object, a bare [x1, y1, x2, y2], or
+    the first such inside a list (Qwen lists one object per instance: the first is taken)."""
     if depth > 8:
         return None
     if isinstance(value, dict):
         for key in BOX_KEYS:
-            coords = _four_numbers(_get_key(value, key))
-            if coords is None and isinstance(_get_key(value, key), list):  # {"bbox": [[...]]}
-                coords = _box_from_json(_get_key(value, key), depth + 1)
+            inner = _get_key(value, key)
+            coords = _four_numbers(inner)
+            if coords is None and isinstance(inner, (list, dict)):  # {"bbox": [[...]]}, {"bbox": {"x1": ...}}
+                coords = _box_from_json(inner, depth + 1)
             if coords is not None:
                 return coords
-        return None
+        return _corners(value)
     if isinstance(value, list):
         coords = _four_numbers(value)
         if coords is not None:
@@ -172,11 +192,13 @@ def _box_from_regex(text: str) -> list[float] | None:
     return None
 
 
-def _grid_to_pixels(coords: list[float], width: int, height: int) -> tuple[Box | None, BoxStatus]:
+def _to_pixels(coords: list[float], width: int, height: int) -> tuple[Box | None, BoxStatus]:
+    """Grid (or, all four within [0, 1], fraction) coordinates to a clean pixel box."""
     if not all(math.isfinite(c) for c in coords):
         return None, "degenerate"
-    return clean_pixel_box([coords[0] * width / GRID, coords[1] * height / GRID,
-                            coords[2] * width / GRID, coords[3] * height / GRID], width, height)
+    scale = 1.0 if all(0.0 <= c <= 1.0 for c in coords) else GRID
+    return clean_pixel_box([coords[0] * width / scale, coords[1] * height / scale,
+                            coords[2] * width / scale, coords[3] * height / scale], width, height)
 
 
 def clean_pixel_box(coords: list[float], width: int, height: int) -> tuple[Box | None, BoxStatus]:

@@ -117,11 +117,20 @@ def record_counts(records) -> dict:
     """Counts that explain the scores: planner outputs by status (parse errors, degenerate and
     duplicate boxes), judge answers that could not be used, and VLM tokens."""
     statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}  # failed samples by the reason prefix of their error
+    warnings: dict[str, int] = {}  # loaded, but worth knowing (e.g. gt_empty, polygon_short)
     vlm = {"judge_calls": 0, "judge_unusable": 0, "planner_tokens_in": 0, "planner_tokens_out": 0,
            "judge_tokens_in": 0, "judge_tokens_out": 0}
     for rec in records:
         for h in rec["hypotheses"]:
             statuses[h["status"]] = statuses.get(h["status"], 0) + 1
+        if rec["error"]:
+            prefix = rec["error"].split(":")[0]
+            errors[prefix] = errors.get(prefix, 0) + 1
+        for warning in rec.get("warnings", []):
+            prefix = warning.split(":")[0]
+            warnings[prefix] = warnings.get(prefix, 0) + 1
         for key in vlm:
             vlm[key] += rec["vlm"].get(key, 0)
-    return {"hypotheses": dict(sorted(statuses.items())), "vlm": vlm}
+    return {"hypotheses": dict(sorted(statuses.items())), "errors": dict(sorted(errors.items())),
+            "warnings": dict(sorted(warnings.items())), "vlm": vlm}

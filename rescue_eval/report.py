@@ -57,8 +57,14 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
     if summary["failures"]:
         lines += ["| reason | samples |", "|---|---|"]
         lines += [f"| {reason} | {n} |" for reason, n in sorted(summary["failures"].items())]
+        if summary.get("errors"):
+            lines += ["", "By error: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items()) +
+                      " (each record's `error` has the details)."]
     else:
         lines.append("None.")
+    if summary.get("warnings"):
+        lines += ["", "Loaded with warnings (scored as LISA scores them): " +
+                  ", ".join(f"{k} {v}" for k, v in summary["warnings"].items()) + "."]
     if summary.get("hypotheses"):
         lines += ["", "## Hypotheses and judge", "",
                   "Planner outputs: " + ", ".join(f"{k} {v}" for k, v in summary["hypotheses"].items()) + "."]

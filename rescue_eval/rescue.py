@@ -51,7 +51,7 @@ def sweep_values(max_n: int) -> list[int]:
 
 class RoleError(Exception):
     def __init__(self, role: str, cause: BaseException):
-        super().__init__(f"{role}: {type(cause).__name__}: {cause}")
+        super().__init__(f"{type(cause).__name__}: {cause}")
         self.role = role
 
 
@@ -130,7 +130,7 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
                 w.record["image_size"] = [w.image.height, w.image.width]
                 gt = w.sample.gt_mask
                 if settings.scored and (gt is None or gt.shape != (w.image.height, w.image.width)):
-                    w.sample.error = "gt_invalid: ground truth missing or not the image's size"
+                    w.sample.error = "gt_size_mismatch: ground truth missing or not the image's size"
             except Exception as exc:  # noqa: BLE001 - unreadable input is a counted failure
                 w.sample.error = f"image_unreadable: {exc}"
         if w.sample.error is not None:
@@ -163,14 +163,14 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
             except FatalError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a judge that raises fails this sample only
-                fail(w.record, "judge_error", f"judge: {type(exc).__name__}: {exc}")
+                fail(w.record, "judge_error", f"{type(exc).__name__}: {exc}")
             w.record["timing"]["verify"] = time.perf_counter() - start
         finish_record(w, settings)
     return [w.record for w in works]
 
 
 def new_record(sample: Sample, oracle_boxes: bool = False) -> dict:
-    return {"oracle_boxes": oracle_boxes,
+    return {"oracle_boxes": oracle_boxes, "warnings": list(sample.meta.get("warnings", [])),
         "id": sample.id, "query": sample.query, "subset": sample.subset,
         "failure": None, "error": None, "image_size": None,
         "hypotheses": [], "candidates": [], "judge": [], "sweep": {},
@@ -179,8 +179,11 @@ def new_record(sample: Sample, oracle_boxes: bool = False) -> dict:
 
 
 def fail(record: dict, reason: str, message: str) -> None:
-    if record["failure"] is None:  # the first failure is the reason
-        record["failure"], record["error"] = reason, message
+    """The first failure is the sample's; its error starts with a reason prefix ("planner_error:
+    ...", or the dataset's own such as "image_unreadable: ..."), which the summary counts."""
+    if record["failure"] is None:
+        record["failure"] = reason
+        record["error"] = message if reason == "bad_input" else f"{reason}: {message}"
 
 
 def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:

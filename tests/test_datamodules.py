@@ -141,7 +141,7 @@ def test_bad_rows_become_samples_with_errors(folder_root):
     samples = {sample.id: sample for sample in ReasonSegFolderDataset(folder_root, "val")}
     for sample_id, reason in [("f_corrupt", "image_unreadable"), ("g_truncated", "image_unreadable"),
                               ("h_no_json", "annotation_missing"), ("i_bad_json", "annotation_invalid"),
-                              ("j_bad_points", "annotation_invalid")]:
+                              ("j_bad_points", "polygon_invalid")]:
         sample = samples[sample_id]
         assert sample.error.startswith(reason + ": ") and sample.gt_mask is None, (sample_id, sample.error)
         assert sample.image_bytes == b""
@@ -221,7 +221,7 @@ def test_parquet_ids_fall_back_to_ann_id_and_bad_rows(tmp_path):
     first, bad_image, bad_mask = (batch[0] for batch in samples)
     assert first.error is None and first.image_bytes == rows[0]["image"]
     assert bad_image.error.startswith("image_unreadable: ") and bad_image.image_bytes == b"" and bad_image.query == "query 1"
-    assert bad_mask.error.startswith("annotation_invalid: ") and bad_mask.gt_mask is None
+    assert bad_mask.error.startswith("gt_size_mismatch: ") and bad_mask.gt_mask is None
 
 
 def test_demo_set_is_deterministic_and_reads_through_the_folder_reader(tmp_path, monkeypatch):

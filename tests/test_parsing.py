@@ -1,6 +1,7 @@
-"""Lenient answer parsers: concrete formats models produce, and property tests over thousands of
-generated outputs (random text, JSON fragments, truncation, NaN, inverted and out-of-range
-boxes, fences, think blocks): never an exception, and every box returned is valid."""
+"""Lenient answer parsers: concrete formats models produce, and property tests over more than
+10,000 generated outputs (truncated JSON, prose, think blocks, wrong key names, numbers as
+strings, NaN, negative, inverted and out-of-range boxes, 0-1 / 0-1000 / pixel coordinates, empty
+output): never an exception, and every box returned is valid for its image."""
 from __future__ import annotations
 
 import json
@@ -37,6 +38,13 @@ W, H = 640, 480  # non-square, so swapped x/y scaling would show
     ("bbox: (100, 200, 300, 400) is my answer", (64.0, 96.0, 192.0, 192.0)),
     ('{"bbox_2d":[300,400,100,200]}', (64.0, 96.0, 192.0, 192.0)),  # inverted corners are ordered
     ('{"bbox_2d":[-50,200,1300,400]}', (0.0, 96.0, 640.0, 192.0)),  # clamped to the image
+    ('{"bbox_2d": [0.1, 0.4, 0.3, 0.8]}', (64.0, 192.0, 192.0, 384.0)),  # 0-1 fractions of the image
+    ('{"bbox_2d": [0, 0, 1, 1]}', (0.0, 0.0, 640.0, 480.0)),  # all within [0, 1]: fractions too
+    ('{"bbox_2d": [0, 0, 10, 20]}', (0.0, 0.0, 6.4, 9.6)),  # one value over 1: the grid
+    ('{"x1": 100, "y1": 200, "x2": 300, "y2": 400}', (64.0, 96.0, 192.0, 192.0)),
+    ('{"bbox": {"xmin": "100", "ymin": 200, "xmax": 300, "ymax": 400}}', (64.0, 96.0, 192.0, 192.0)),
+    ('{"bbox_2d": [[100, 200], [300, 400]]}', (64.0, 96.0, 192.0, 192.0)),  # two corner points
+    ('<thinking>{"bbox_2d":[1,2,3,4]}</thinking> {"bbox_2d":[100,200,300,400]}', (64.0, 96.0, 192.0, 192.0)),
 ])
 def test_parse_box_formats(text, box):
     parsed, status = parse_box(text, W, H)
@@ -82,35 +90,61 @@ def test_parse_verdict(text, verdict):
 
 
 # ---- properties over generated outputs ---------------------------------------------------
+# Families of what a broken or unconstrained model answers. The max_examples below add up to
+# more than 10,000 generated outputs (4,000 + 1,000 + 1,000 + 1,000 + 500 + 3,000).
 
-number = st.one_of(
-    st.integers(-2000, 3000), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-0", "1000", "0"]),
+grid_value = st.integers(-200, 1200)  # the 0-1000 grid, overshooting both ways
+fraction_value = st.floats(-0.1, 1.1)  # 0-1 coordinates
+pixel_value = st.integers(-100, 6000)  # absolute pixels of a large image
+extreme_value = st.integers() | st.floats(allow_nan=True, allow_infinity=True)  # json.dumps writes NaN, Infinity
+coordinate = st.one_of(grid_value, fraction_value, pixel_value, extreme_value)
+coordinate_text = st.one_of(
+    coordinate.map(json.dumps),
+    coordinate.map(lambda n: json.dumps(str(n))),  # numbers as strings
+    st.sampled_from(['"NaN"', "NaN", "-Infinity", "1e999", "-0", '"12px"', "null", "true", '""', '"1,000"']),
 )
-number_text = number.map(lambda n: n if isinstance(n, str) else json.dumps(n))
-box_key = st.sampled_from(["bbox_2d", "bbox", "box", "BBOX_2D", "label", "points", ""])
-coords = st.one_of(
-    st.lists(number_text | number_text.map(lambda n: f'"{n}"'), min_size=0, max_size=6),
-    st.lists(st.integers(-100, 1100).map(str), min_size=4, max_size=4),  # near-valid boxes
+one_convention = st.one_of(  # the four values of one box, all in one coordinate system
+    *(st.lists(value, min_size=4, max_size=4) for value in (grid_value, fraction_value, pixel_value))
+).map(lambda values: [json.dumps(v) for v in values])
+box_key = st.sampled_from(["bbox_2d", "bbox", "box", "BBOX_2D", "bounding_box",  # names the parser knows
+                           "label", "points", "point_2d", "bbx", "coords", "", "box_3d"])  # and others
+corner_keys = st.sampled_from([("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"), ("x", "y", "w", "h"),
+                               ("left", "top", "width", "height")])
+box_list = (one_convention | st.lists(coordinate_text, max_size=6)).map(lambda cs: "[" + ", ".join(cs) + "]")
+box_object = st.one_of(
+    st.builds(lambda key, box: '{"%s": %s}' % (key, box), box_key, box_list),
+    st.builds(lambda keys, cs: "{" + ", ".join(f'"{k}": {c}' for k, c in zip(keys, cs)) + "}",
+              corner_keys, one_convention | st.lists(coordinate_text, min_size=4, max_size=4)),
+    st.builds(lambda key, a, b: '{"%s": [[%s, %s], [%s, %s]]}' % (key, *a, *b), box_key,
+              st.lists(coordinate_text, min_size=2, max_size=2), st.lists(coordinate_text, min_size=2, max_size=2)),
 )
-box_json = st.builds(lambda key, cs: '{"%s": [%s]}' % (key, ", ".join(cs)), box_key, coords)
 json_value = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(box_key, children, max_size=3),
     max_leaves=12,
-).map(lambda v: json.dumps(v))
+).map(json.dumps)
+judge_core = st.one_of(
+    st.builds(lambda key, v: '{"%s": %s}' % (key, v), st.sampled_from(["score", "rating", "Score", "grade", "points"]),
+              coordinate_text),
+    coordinate_text.map(lambda v: f"Score: {v}"), coordinate_text.map(lambda v: f"I'd say {v}/10."),
+    st.builds(lambda key, v: '{"%s": "%s"}' % (key, v), st.sampled_from(["winner", "answer", "choice", "pick"]),
+              st.sampled_from(["A", "B", "Image A", "mask b", "C", "", "both", "A or B"])),
+    st.sampled_from(["A", "B", "Winner: B", "answer A", "AB", "neither"]),
+)
+WRAPPERS = ["{}", "```json\n{}\n```", "<think>{}</think>", "<think>let me look... {}</think>{}", "<think>{}",
+            "<thinking>hmm</thinking>\n{}", "Sure! Here is the answer: {} Hope this helps.", "{}{}", "{}\n{}"]
 
 
 @st.composite
-def model_output(draw) -> str:
+def model_output(draw, core=None) -> str:
     """Something a (possibly broken) model could answer: a core, maybe truncated, maybe wrapped."""
-    core = draw(st.one_of(box_json, json_value, st.text(max_size=60),
-                          st.lists(box_json, min_size=1, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]")))
-    if draw(st.booleans()):
+    core = draw(core if core is not None else st.one_of(
+        box_object, box_object, json_value, st.text(max_size=60), st.just(""),  # twice: boxes weigh more
+        st.lists(box_object, min_size=1, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]")))
+    if draw(st.booleans()):  # stopped at the token limit
         core = core[:draw(st.integers(0, len(core)))]
-    wrap = draw(st.sampled_from(["{}", "```json\n{}\n```", "<think>{}</think>", "<think>x</think>{}",
-                                 "<think>{}", "Answer: {} done.", "{}{}"]))
-    return wrap.replace("{}", core, 1).replace("{}", draw(st.text(max_size=20)))
+    wrap = draw(st.sampled_from(WRAPPERS))
+    return wrap.replace("{}", core, 1).replace("{}", draw(st.text(max_size=20) | box_object))
 
 
 def assert_valid_box(box, status, width, height):
@@ -119,47 +153,69 @@ def assert_valid_box(box, status, width, height):
         assert box is None
         return
     x1, y1, x2, y2 = box
-    assert all(math.isfinite(v) for v in box)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in box)
     assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
     assert x2 - x1 >= 1 and y2 - y1 >= 1
 
 
-@settings(max_examples=3000, deadline=None)
-@given(text=model_output(), width=st.integers(1, 5000), height=st.integers(1, 5000))
+image_side = st.integers(1, 5000)
+
+
+@settings(max_examples=4000, deadline=None)
+@given(text=model_output(), width=image_side, height=image_side)
 def test_parse_box_never_raises_and_boxes_are_valid(text, width, height):
-    box, status = parse_box(text, width, height)
-    assert_valid_box(box, status, width, height)
-
-
-@settings(max_examples=1000, deadline=None)
-@given(text=st.text(max_size=200), width=st.integers(1, 5000), height=st.integers(1, 5000))
-def test_parse_box_on_arbitrary_text(text, width, height):
     assert_valid_box(*parse_box(text, width, height), width, height)
 
 
 @settings(max_examples=1000, deadline=None)
-@given(key=st.sampled_from(["bbox_2d", "bbox", "box"]),
-       corners=st.lists(st.integers(-500, 1500), min_size=4, max_size=4),
+@given(key=st.sampled_from(["bbox_2d", "bbox", "box", "Bbox_2d"]), coords=one_convention,
+       wrap=st.sampled_from(WRAPPERS[:3] + WRAPPERS[5:7]), width=image_side, height=image_side)
+def test_whole_boxes_in_any_convention_are_found(key, coords, wrap, width, height):
+    text = wrap.replace("{}", '{"%s": [%s]}' % (key, ", ".join(coords)))
+    box, status = parse_box(text, width, height)
+    assert status != "parse_error"
+    assert_valid_box(box, status, width, height)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(text=st.text(max_size=200), width=image_side, height=image_side)
+def test_parse_box_on_arbitrary_text(text, width, height):
+    assert_valid_box(*parse_box(text, width, height), width, height)
+
+
+def expected_box(corners, width, height, scale):
+    xs = sorted(min(max(c * width / scale, 0), width) for c in corners[0::2])
+    ys = sorted(min(max(c * height / scale, 0), height) for c in corners[1::2])
+    return (xs[0], ys[0], xs[1], ys[1]) if xs[1] - xs[0] >= 1 and ys[1] - ys[0] >= 1 else None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(key=st.sampled_from(["bbox_2d", "bbox", "box"]), corners=st.lists(st.integers(-500, 1500), min_size=4, max_size=4),
        width=st.integers(1, 4000), height=st.integers(1, 4000))
-def test_integer_boxes_convert_order_and_clamp(key, corners, width, height):
+def test_grid_boxes_convert_order_and_clamp(key, corners, width, height):
     box, status = parse_box(json.dumps({key: corners}), width, height)
-    xs = sorted(min(max(c * width / 1000, 0), width) for c in corners[0::2])
-    ys = sorted(min(max(c * height / 1000, 0), height) for c in corners[1::2])
-    if xs[1] - xs[0] >= 1 and ys[1] - ys[0] >= 1:
-        assert status == "ok" and box == pytest.approx((xs[0], ys[0], xs[1], ys[1]))
-    else:
-        assert (box, status) == (None, "degenerate")
+    scale = 1 if all(0 <= c <= 1 for c in corners) else 1000  # four values within [0, 1] are fractions
+    expected = expected_box(corners, width, height, scale)
+    assert (box, status) == ((pytest.approx(expected), "ok") if expected else (None, "degenerate"))
 
 
-@settings(max_examples=2000, deadline=None)
-@given(text=model_output() | st.text(max_size=100))
+@settings(max_examples=500, deadline=None)
+@given(corners=st.lists(st.floats(0, 1), min_size=4, max_size=4), width=image_side, height=image_side)
+def test_fraction_boxes_scale_by_the_image(corners, width, height):
+    box, status = parse_box(json.dumps({"bbox_2d": corners}), width, height)
+    expected = expected_box(corners, width, height, 1)
+    assert (box, status) == ((pytest.approx(expected), "ok") if expected else (None, "degenerate"))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=model_output(judge_core) | model_output() | st.text(max_size=100))
 def test_rating_and_verdict_never_raise(text):
     rating = parse_rating(text)
     assert rating is None or (math.isfinite(rating) and 0.0 <= rating <= 1.0)
     assert parse_verdict(text) in ("A", "B", None)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(score=st.integers(-20, 30))
 def test_rating_scale(score):
     assert parse_rating(json.dumps({"score": score})) == pytest.approx(min(max(score, 0), 10) / 10)

@@ -1,0 +1,71 @@
+"""Reading one dataset row's files: never outside the dataset root, never raising past the reader.
+
+Every problem becomes a `RowError` whose message starts with a short reason ("image_missing: ...").
+The readers store that message in `Sample.error`; the sample is then scored as a failure and
+counted, never dropped. The reasons (the part before the first colon):
+
+    image_missing       no image: the file does not exist, or a parquet row holds none
+    image_empty         the image has 0 bytes or 0 pixels
+    image_unreadable    the image cannot be read or fully decoded (corrupt, truncated, unknown format)
+    path_escapes_root   an image or annotation path resolves (symlinks followed) outside the dataset
+    annotation_missing  no annotation file for the image
+    annotation_invalid  the annotation cannot be decoded or lacks a key or has a wrong type
+    text_empty          the query is an empty or blank string
+    polygon_invalid     a polygon without points, or with points that are not finite x, y numbers
+    gt_size_mismatch    a stored ground-truth mask whose size is not the image's
+    row_unreadable      the parquet row group cannot be read
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rescue_eval.types import decode_image_bytes
+
+
+class RowError(Exception):
+    """A row that cannot be used; the message ("<reason>: <detail>") becomes `Sample.error`."""
+
+
+def describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def real_folder(folder: Path) -> Path:
+    """`folder` with every symlink resolved: the boundary that `read_inside` checks against."""
+    return Path(os.path.realpath(folder))
+
+
+def read_inside(path: Path, boundary: Path, missing: str, unreadable: str) -> bytes:
+    """The bytes of `path`, which must resolve inside `boundary` (a `real_folder`).
+
+    A dataset must not make the harness read a file outside it (a symlink to ~/.ssh, a parquet
+    image path "../../etc/passwd"): the bytes would be sent to model servers and written to
+    overlays. `missing` and `unreadable` are the reasons for a file that is absent or unreadable.
+    """
+    try:
+        real = Path(os.path.realpath(path))  # a symlink loop stays unresolved and fails to read below
+    except ValueError as exc:  # a NUL byte in a path taken from a parquet cell
+        raise RowError(f"{unreadable}: {describe(exc)}") from exc
+    if not real.is_relative_to(boundary):
+        raise RowError(f"path_escapes_root: {path} resolves to {real}, outside {boundary}")
+    try:
+        return real.read_bytes()
+    except FileNotFoundError as exc:
+        raise RowError(f"{missing}: {path} does not exist") from exc
+    except OSError as exc:  # a folder, a symlink loop, no permission
+        raise RowError(f"{unreadable}: {describe(exc)}") from exc
+
+
+def decoded_size(image_bytes: bytes) -> tuple[int, int]:
+    """(height, width) of the image exactly as the run decodes it (`Sample.decode_image`: RGB, EXIF
+    orientation applied), so the ground truth drawn or checked at this size lines up with its pixels."""
+    if not image_bytes:
+        raise RowError("image_empty: the image has 0 bytes")
+    try:
+        image = decode_image_bytes(image_bytes)
+    except Exception as exc:  # Pillow raises many types on corrupt data
+        raise RowError(f"image_unreadable: {describe(exc)}") from exc
+    if image.width == 0 or image.height == 0:
+        raise RowError(f"image_empty: the image is {image.width}x{image.height} pixels")
+    return image.height, image.width
