@@ -12,19 +12,18 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
 from rescue_eval import config as config_mod
 from rescue_eval.config import Config
 from rescue_eval.errors import UsageError
 from rescue_eval.metrics import SplitMetrics, record_counts
+from rescue_eval.progress import JobProgress
 from rescue_eval.report import write_report
 from rescue_eval.rescue import SearchSettings, search_batch
 from rescue_eval.results import ResultWriter, load_records
@@ -111,22 +110,24 @@ def notes_of(cfg: Config, dm) -> list[str]:
 def run(cfg: Config, out: Path) -> dict:
     """The job on this rank. Under torchrun every rank calls this with the same config."""
     from rescue_eval import transport
-    from rescue_eval.roles import validate_placement
+    from rescue_eval.roles import needed_roles, validate_placement
 
     rank, world, local_rank = transport.env_rank_world()
     validate_placement(cfg, world, rank, local_rank)
     servers: dict = {}
+    # RPC only when some role lives on other ranks: colocated layouts need the process group alone
+    with_rpc = world > 1 and any(getattr(cfg.placement, r) != "all" for r in needed_roles(cfg))
     if world > 1:
-        transport.init(rank, world, cfg.dist.timeout_s, cfg.dist.rpc_timeout_s)
+        transport.init(rank, world, cfg.dist.timeout_s, cfg.dist.rpc_timeout_s, with_rpc)
         explain_termination(cfg, rank, world)
     try:
         summary = _run_rank(cfg, Path(out), rank, world, local_rank, servers)
     except BaseException:
-        if world > 1:
+        if with_rpc:
             transport.abort()  # no graceful goodbye: torchrun stops the other ranks
         raise
     if world > 1:
-        transport.shutdown()  # waits until no rank needs the roles served here
+        transport.shutdown(with_rpc)  # waits until no rank needs the roles served here
     for server in servers.values():
         server.close()
     return summary
@@ -182,19 +183,18 @@ def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, se
 
         tracker = tracker_for(out, config_mod.to_dict(cfg), cfg.wandb, rank)
     start = time.perf_counter()
-    progress = JobProgress(rank, world, total=len(ids), done=sum(i in finished for i in ids),
+    progress = JobProgress(out, rank, world, total=len(ids), done=sum(i in finished for i in ids),
                            enabled=cfg.run.progress)
     fault = FaultInjection.from_env(out, rank)
     try:
         stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
                              cfg.run.parallel_requests, progress, fault, cfg.run.strict)
+        summary = metrics.compute()  # syncs the metric states of all ranks: waits for the slowest
+        mine = {"roles": {name: s.stats() for name, s in servers.items()}, "new": len(todo), "stages": stage_totals}
+        gathered = gather(mine, world)
     finally:
-        progress.close()
+        progress.close()  # after every rank is done, so the job's bar ends at the total
     wall = time.perf_counter() - start
-
-    summary = metrics.compute()  # syncs the metric states of all ranks
-    mine = {"roles": {name: s.stats() for name, s in servers.items()}, "new": len(todo), "stages": stage_totals}
-    gathered = gather(mine, world)
     if rank != 0:
         return summary
     new = sum(g["new"] for g in gathered)
@@ -247,7 +247,7 @@ def gather(obj, world: int) -> list:
 
 
 def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: ResultWriter, metrics: SplitMetrics,
-          finished: dict, parallel_requests: int, progress: "JobProgress", fault: "FaultInjection",
+          finished: dict, parallel_requests: int, progress: JobProgress, fault: "FaultInjection",
           strict: bool = False) -> dict:
     """Search this rank's samples with up to `parallel_requests` in flight; write each record as
     it finishes. Returns the summed per-stage seconds. `strict`: the first bad input stops the
@@ -280,52 +280,6 @@ def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: Res
     finally:
         writer.close()
     return stage_totals
-
-
-class JobProgress:
-    """One progress bar for the whole job, drawn by rank 0; other ranks report to it over RPC."""
-
-    def __init__(self, rank: int, world: int, total: int, done: int, enabled: bool):
-        self.rank, self.world, self.iou_sum, self.new = rank, world, 0.0, 0
-        self.bar, self._shown_remote, self._lock, self._closed = None, 0, threading.Lock(), threading.Event()
-        if rank == 0:
-            self.bar = tqdm(total=total, initial=done, unit="sample", desc="rescue-eval", disable=not enabled,
-                            dynamic_ncols=True, mininterval=0.5)
-            if world > 1:  # keeps counting the other ranks after rank 0's own shard is done
-                threading.Thread(target=self._poll, daemon=True, name="progress").start()
-
-    def _poll(self) -> None:
-        while not self._closed.wait(0.5):
-            with self._lock:
-                self.bar.update(self._take_remote())
-
-    def advance(self, iou: float) -> None:
-        self.new += 1
-        self.iou_sum += iou
-        if self.rank != 0:
-            from rescue_eval import transport
-
-            transport.report_progress(1)
-            return
-        with self._lock:
-            self.bar.update(1 + self._take_remote())
-        self.bar.set_postfix(gIoU=f"{100 * self.iou_sum / self.new:.1f}", refresh=False)  # rank 0's new samples
-
-    def _take_remote(self) -> int:
-        if self.world == 1:
-            return 0
-        from rescue_eval import transport
-
-        remote = transport.progress_done()
-        n, self._shown_remote = remote - self._shown_remote, remote
-        return n
-
-    def close(self) -> None:
-        self._closed.set()
-        if self.bar is not None:
-            with self._lock:
-                self.bar.update(self._take_remote())
-            self.bar.close()
 
 
 class FaultInjection:

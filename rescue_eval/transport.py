@@ -49,8 +49,9 @@ def worker_name(rank: int) -> str:
 
 # ---- process group and RPC -----------------------------------------------------------------
 
-def init(rank: int, world: int, timeout_s: float, rpc_timeout_s: float) -> None:
-    """gloo process group (metric sync) and RPC (role calls), from torchrun's rendezvous.
+def init(rank: int, world: int, timeout_s: float, rpc_timeout_s: float, with_rpc: bool = True) -> None:
+    """gloo process group (metric sync) and, when roles live on other ranks, RPC (role calls),
+    from torchrun's rendezvous.
 
     torchrun keeps one store for the whole job, so after a restart (--max-restarts) the keys of
     the previous round are still there and would send the new ranks to dead addresses: this
@@ -61,6 +62,8 @@ def init(rank: int, world: int, timeout_s: float, rpc_timeout_s: float) -> None:
     store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
     store = dist.PrefixStore(f"rescue-eval/round-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+    if not with_rpc:
+        return
     if rank == 0:
         store.set("rpc_port", str(_free_port()))
     port = int(store.get("rpc_port"))
@@ -75,10 +78,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def shutdown() -> None:
+def shutdown(with_rpc: bool = True) -> None:
     """Waits until every rank is done with RPC (nobody still needs a role hosted here), then
     closes RPC before the process group, in that order."""
-    rpc.shutdown(graceful=True)
+    if with_rpc:
+        rpc.shutdown(graceful=True)
     dist.destroy_process_group()
 
 
@@ -176,10 +180,6 @@ class ImageCache:
 
 _SERVERS: dict[str, RoleServer] = {}
 _IMAGES = ImageCache()
-_PROGRESS = {"done": 0}
-_PROGRESS_LOCK = threading.Lock()
-
-
 def host(server: RoleServer) -> None:
     """Make a role server on this rank reachable by the other ranks."""
     _SERVERS[server.name] = server
@@ -200,24 +200,6 @@ def _serve(role: str, method: str, packed: list) -> torch.futures.Future:
 
     _SERVERS[role].submit(method, items).add_done_callback(done)
     return result
-
-
-def _add_progress(n: int) -> None:
-    with _PROGRESS_LOCK:
-        _PROGRESS["done"] += n
-
-
-def report_progress(n: int = 1) -> None:
-    """Tell rank 0 (which draws the job's one progress bar) that n more samples are done."""
-    if dist.get_rank() == 0:
-        _add_progress(n)
-    else:
-        rpc.rpc_async(worker_name(0), _add_progress, args=(n,))
-
-
-def progress_done() -> int:
-    with _PROGRESS_LOCK:
-        return _PROGRESS["done"]
 
 
 # ---- the calling side ------------------------------------------------------------------------
