@@ -88,7 +88,8 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
         lines += ["", "## Timing", "", f"- wall: {timing.get('wall_s', 0):.1f} s, "
                   f"{timing.get('samples_per_s', 0):.3f} samples/s (this run's new samples)"]
         for stage, s in timing.get("mean_stage_s", {}).items():
-            lines.append(f"- {stage}: {1000 * s:.1f} ms per sample (mean)")
+            lines.append(f"- {stage}: {1000 * s:.1f} ms per sample (mean latency, queueing behind the other "
+                         f"samples in flight included)")
     if overlays:
         lines += ["", "## First samples (green: ground truth, red: prediction)", ""]
         lines += [f"![{name}](overlays/{name})" for name in overlays]
