@@ -67,8 +67,12 @@ def init(rank: int, world: int, timeout_s: float, rpc_timeout_s: float, with_rpc
     if rank == 0:
         store.set("rpc_port", str(_free_port()))
     port = int(store.get("rpc_port"))
+    # libuv sockets and the basic channel: TensorPipe's shared-memory transport and CMA channel
+    # busy-poll, which on CPU ranks sharing cores cost 4x in throughput (benchmarks/RESULTS.md);
+    # everything sent here is small CPU data (image bytes once, RLE masks), where they gain nothing
     options = rpc.TensorPipeRpcBackendOptions(rpc_timeout=rpc_timeout_s, num_worker_threads=32,
-                                              init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}")
+                                              init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}",
+                                              _transports=["uv"], _channels=["basic"])
     rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
 
 
