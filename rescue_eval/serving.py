@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -31,7 +32,6 @@ class RoleServer:
         self.name, self.backend = name, backend
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
-        self._held: _Request | None = None  # a request taken from the queue that did not fit a batch
         self.requests = self.batches = 0
         self.busy_s = self.queue_wait_s = 0.0
         self.started = time.perf_counter()
@@ -63,32 +63,38 @@ class RoleServer:
 
     # ---- batcher thread ----------------------------------------------------------------------
 
-    def _next(self, timeout: float | None) -> _Request | None:
-        if self._held is not None:
-            request, self._held = self._held, None
-            return request
-        return self._queue.get(timeout=timeout)
-
     def _loop(self) -> None:
-        while True:
-            first = self._next(None)
-            if first is None:
-                return
-            batch, size = [first], len(first.items)
+        """Batches of one method, oldest request first. Requests of the other method (a judge
+        gets rates and duels) wait in `pending` in arrival order instead of cutting the batch
+        short, so batches fill up to max_batch and nothing starves."""
+        pending: deque[_Request] = deque()
+        stopping = False
+        while pending or not stopping:
+            if not pending:
+                first = self._queue.get()
+                if first is None:
+                    return
+                pending.append(first)
+            method = pending[0].method
             deadline = time.perf_counter() + self.max_wait_s
-            while size < self.max_batch:
+            while not stopping and sum(len(r.items) for r in pending if r.method == method) < self.max_batch:
                 try:
-                    nxt = self._next(max(0.0, deadline - time.perf_counter()))
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
-                if nxt is None or nxt.method != first.method or size + len(nxt.items) > self.max_batch:
-                    self._held = nxt if nxt is not None else None
-                    if nxt is None:
-                        self._queue.put(None)  # keep the stop signal for the next round
-                    break
-                batch.append(nxt)
-                size += len(nxt.items)
-            self._run(first.method, batch)
+                if nxt is None:
+                    stopping = True
+                else:
+                    pending.append(nxt)
+            batch, size, rest = [], 0, deque()
+            for r in pending:
+                if r.method == method and (not batch or size + len(r.items) <= self.max_batch):
+                    batch.append(r)
+                    size += len(r.items)
+                else:
+                    rest.append(r)
+            pending = rest
+            self._run(method, batch)
 
     def _run(self, method: str, batch: list[_Request]) -> None:
         start = time.perf_counter()

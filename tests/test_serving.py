@@ -74,3 +74,35 @@ def test_max_batch_is_respected_and_methods_are_not_mixed():
     server.close()
     assert all(n <= 3 for _, n in backend.calls)
     assert sum(n for m, n in backend.calls if m == "rate") == 5 and ("duel", 1) in backend.calls
+
+
+def test_interleaved_methods_still_fill_batches_oldest_first():
+    """A judge's queue mixes rates and duels; a request of the other method must not cut a batch
+    short (that left the judge's batches at a quarter of max_batch)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    class Judge:
+        def __init__(self):
+            self.calls = []
+
+        def rate(self, items):
+            entered.set()
+            gate.wait(5)
+            self.calls.append(("rate", list(items)))
+            return items
+
+        def duel(self, items):
+            self.calls.append(("duel", list(items)))
+            return items
+
+    backend = Judge()
+    server = RoleServer("judge", backend, max_batch=8, max_wait_s=0.05)
+    first = server.submit("rate", [0])  # occupies the batcher until the gate opens
+    assert entered.wait(5)
+    futures = [server.submit("rate" if k % 2 else "duel", [k]) for k in range(1, 13)]
+    gate.set()
+    assert first.result() == [0] and [f.result() for f in futures] == [[k] for k in range(1, 13)]
+    server.close()
+    assert backend.calls[0] == ("rate", [0])
+    assert backend.calls[1] == ("rate", [1, 3, 5, 7, 9, 11])  # the oldest waiting request's method, all of it
+    assert backend.calls[2] == ("duel", [2, 4, 6, 8, 10, 12])
