@@ -1,0 +1,117 @@
+"""python -m benchmarks [--only 1,4] [--repeats 3] [--costs planner=30+25,...] [--write-results]
+
+Runs the benchmarks (all by default) and prints one table: item, figure, value, target, result.
+Every figure is the median of --repeats runs; a ratio is taken within each run, then the median.
+--write-results rewrites benchmarks/RESULTS.md with this run's figures, date, machine and command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import synthetic
+from benchmarks.table import Row, markdown
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+ITEMS = ("1", "2", "3", "4", "5", "6")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
+    p.add_argument("--only", default=",".join(ITEMS), help="items to run, e.g. 1,4 (1, 2 and 3 share their runs)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure of items 1-5; the table shows medians")
+    p.add_argument("--demo-repeats", type=int, default=2, help="runs per figure of item 6 (80 s each here)")
+    p.add_argument("--costs", default=synthetic.DEFAULT_COSTS,
+                   help="synthetic model costs, ROLE=FIXED_MS+PER_ITEM_MS for planner, executor, scorer, judge")
+    p.add_argument("--samples", type=int, default=160, help="samples of the pipelined runs (items 1-3)")
+    p.add_argument("--parallel-requests", type=int, default=8, help="samples in flight per rank (items 1-3)")
+    p.add_argument("--sequential-samples", type=int, default=12, help="samples of the sequential loop (item 2)")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="items 1-3 on the demo scenes resized to this square size (0: their own 320x240)")
+    p.add_argument("--write-results", action="store_true", help=f"rewrite {RESULTS.name} with this run")
+    args = p.parse_args(argv)
+    args.only = {i.strip() for i in args.only.split(",")}
+    if not args.only <= set(ITEMS):
+        p.error(f"--only takes items among {', '.join(ITEMS)}")
+    return args
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "unknown CPU")
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    import torch
+
+    return (f"{os.cpu_count()} cores ({model}), {memory_gb:.0f} GB RAM, no GPU; Linux {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}; load average at start "
+            f"{os.getloadavg()[0]:.1f} (other jobs share the cores when above 0)")
+
+
+def text_table(rows: list[Row]) -> str:
+    header = ("item", "figure", "value", "target", "result")
+    cells = [header] + [(r.item, r.figure, r.value, r.target, r.verdict) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(header))).rstrip() for c in cells)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    costs = synthetic.parse_costs(args.costs)
+    log_lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_lines.append(line)
+
+    host = machine()
+    log(f"machine: {host}")
+    rows: list[Row] = []
+    start = time.perf_counter()
+    if args.only & {"1", "2", "3"}:
+        from benchmarks import pipeline
+
+        log(f"items 1-3: the harness on {pipeline.WORLD} ranks (dedicated layout) with synthetic backends: "
+            f"{', '.join(f'{role} -> benchmarks.synthetic.{cls.__name__}' for role, cls in synthetic.SYNTHETIC_CLASSES.items())}; "
+            f"costs (ms per batch + ms per item): {synthetic.format_costs(costs)}")
+        rows += [r for r in pipeline.run(costs, args.repeats, args.samples, args.parallel_requests,
+                                         args.sequential_samples, args.image_size, log) if r.item in args.only]
+    if "4" in args.only:
+        from benchmarks import mask_encoding
+
+        log("item 4: mask encoding")
+        rows += mask_encoding.run(args.repeats, log)
+    if "5" in args.only:
+        from benchmarks import verifier_memory
+
+        log("item 5: verifier memory")
+        rows += verifier_memory.run(log)
+    if "6" in args.only:
+        from benchmarks import real_models
+
+        log("item 6: the demo with tiny models")
+        rows += real_models.run(args.demo_repeats, log)
+    log(f"took {time.perf_counter() - start:.0f} s")
+    print("\n" + text_table(rows))
+    if args.write_results:
+        write_results(rows, log_lines, host, "python -m benchmarks " + shlex.join(argv))
+    return 0  # a miss is a figure in the table, not a failure of the benchmark
+
+
+def write_results(rows: list[Row], log_lines: list[str], host: str, command: str) -> None:
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    RESULTS.write_text(
+        f"# Benchmark results\n\nDate: {date}  \nMachine: {host}  \n"
+        f"Command (from the repository root, with the venv's python): `{command.strip()}`\n\n"
+        f"{markdown(rows)}\n\nLog of the run:\n\n```\n" + "\n".join(log_lines[1:]) + "\n```\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

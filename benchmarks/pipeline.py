@@ -1,0 +1,188 @@
+"""Items 1-3: pipeline efficiency against the ideal bound, speed-up over the sequential loop,
+and the harness's own CPU time per sample. Models are SYNTHETIC (benchmarks/synthetic.py).
+
+The pipelined run is the real harness under torchrun, dedicated layout on 4 ranks (planner on
+rank 0, executor on 1, scorer on 2, judge on 3; every rank also drives its share of samples),
+on copies of the demo scenes. Throughput is measured in steady state: from the moment the first
+wave of samples is done (as many as are in flight: ranks x parallel_requests) to the moment
+the last wave starts draining (as many left), so start-up, ramp-up and drain are left out.
+
+Ideal bound: role r, hosted on one rank, runs full batches of b_r = max_batch items in
+c_r(b_r) = fixed_r + per_item_r * b_r seconds, so it serves b_r / c_r(b_r) items/s, which is
+b_r / c_r(b_r) / k_r samples/s when a sample asks it for k_r items (k_r observed in the run:
+the role servers' item count over the samples; the judge's depends on the data). The slowest
+role is the bottleneck and its capacity the ideal samples/s; B = 1 / ideal is its time per sample.
+
+The sequential loop is how lmms-eval and VLMEvalKit run: one sample at a time, stage after
+stage, every call at batch 1, over one copy of each role: the same devices as the dedicated
+layout, so the comparison is fair in hardware. It calls the same synthetic backends directly
+through the harness's own search code (`rescue.search_batch`, one sample), so the per-sample
+call pattern (1 plan, 1 segment, 1 score, the judge's ratings and duels) is the harness's.
+Its time per sample is the sum of the stages (S), the pipeline's is the bottleneck's (B): the
+speed-up should approach S / B.
+
+Harness overhead: the synthetic models only sleep, so the CPU time a rank's threads spend is
+the harness's own work (the little the synthetic backends spend building answers is
+subtracted). Per rank: its CPU seconds in the steady window over the samples it finished in
+that window, in total and by thread group (benchmarks/pipeline_worker.py): driver (this rank's
+samples: search, requests packed and sent, answers unpacked, JSONL, metrics), role servers
+(batching, packing answers), transport (RPC handlers for other ranks' requests, TensorPipe I/O).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks import synthetic
+from benchmarks.launch import COMMON_RUN_ARGS, torchrun
+from benchmarks.table import Row
+
+WORLD = 4
+DEDICATED = [f"--placement.{role}=[{k}]" for k, role in enumerate(synthetic.ROLES)]
+NO_CHECKPOINTS = [arg for role in synthetic.ROLES for arg in (f"--{role}.checkpoint", "synthetic")]
+
+
+def make_dataset(root: Path, samples: int, image_size: int = 0) -> list[str]:
+    """`samples` copies of the demo scenes in LISA's folder format, the images resized to
+    image_size x image_size when it is not 0 (the synthetic masks, hence every mask the harness
+    handles, are at image size); returns the data arguments."""
+    from PIL import Image
+
+    from datamodules.demo import ensure_demo_set
+
+    demo = sorted((ensure_demo_set() / "val").glob("*.jpg"))
+    split = root / "val"
+    split.mkdir(parents=True)
+    for k in range(samples):
+        scene = demo[k % len(demo)]
+        for suffix in (".jpg", ".json"):
+            shutil.copyfile(scene.with_suffix(suffix), split / f"{scene.stem}-{k:04d}{suffix}")
+        if image_size:
+            path = split / f"{scene.stem}-{k:04d}.jpg"
+            Image.open(path).convert("RGB").resize((image_size, image_size)).save(path, quality=90)
+    return ["--data.name", "reasonseg", "--data.root", str(root)]
+
+
+def pipelined_run(costs: dict, data_args: list[str], parallel_requests: int, tmp: Path) -> dict:
+    out, timelines = tmp / "out", tmp / "timelines"
+    timelines.mkdir()
+    run_args = ["--output", str(out), *data_args, *NO_CHECKPOINTS, *COMMON_RUN_ARGS, *DEDICATED,
+                "--run.parallel_requests", str(parallel_requests)]
+    torchrun(WORLD, "benchmarks.pipeline_worker", [synthetic.format_costs(costs), str(timelines), "--", *run_args],
+             timeout_s=600)
+    summary = json.loads((out / "summary.json").read_text())
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    max_batch = {role: resolved[role]["max_batch"] for role in synthetic.ROLES}
+    ticks = [json.loads((timelines / f"rank-{r}.json").read_text()) for r in range(WORLD)]
+    return {**steady_state(ticks, WORLD * parallel_requests), **ideal_bound(summary, costs, max_batch)}
+
+
+def _at(ticks: list, t: float) -> tuple[int, dict]:
+    """(samples done, CPU seconds by thread group) of one rank at time t: its last tick before t."""
+    i = max(0, bisect.bisect_right([tick[0] for tick in ticks], t) - 1)
+    return ticks[i][1], ticks[i][2]
+
+
+def steady_state(ticks: list[list], in_flight: int) -> dict:
+    """Samples/s of the whole job, and harness CPU ms per sample of each rank by thread group,
+    between the moments when `in_flight` samples were done and when `in_flight` were left."""
+    done_at = []  # when each sample was seen done, all ranks together
+    for rank in ticks:
+        before = 0
+        for t, lines, _ in rank:
+            done_at += [t] * (lines - before)
+            before = lines
+    done_at.sort()
+    first, last = in_flight, len(done_at) - 1 - in_flight
+    start, end = done_at[first], done_at[last]
+    cpu_ms = []  # per rank: {group: ms per sample}
+    for rank in ticks:
+        (n0, cpu0), (n1, cpu1) = _at(rank, start), _at(rank, end)
+        cpu_ms.append({g: 1000 * (cpu1[g] - cpu0[g]) / max(n1 - n0, 1) for g in cpu0})
+    return {"samples_per_s": (last - first) / (end - start), "cpu_ms_per_sample": cpu_ms}
+
+
+def ideal_bound(summary: dict, costs: dict, max_batch: dict) -> dict:
+    n = summary["timing"]["new_samples"]
+    capacity, how = {}, []
+    for role, s in summary["roles"].items():
+        c, b, k = costs[role], max_batch[role], s["requests"] / n
+        capacity[role] = b / c.of(b) / k
+        how.append(f"{role}: {b} items per batch in {c.of(b) * 1e3:.0f} ms, {k:.2f} items/sample -> "
+                   f"{capacity[role]:.2f} samples/s (the run's mean batch: {s['mean_batch']:.1f} items)")
+    bottleneck = min(capacity, key=capacity.get)
+    return {"ideal": capacity[bottleneck], "bottleneck": bottleneck, "how": how,
+            "bottleneck_batch": (summary["roles"][bottleneck]["mean_batch"], max_batch[bottleneck])}
+
+
+def sequential_run(costs: dict, data_args: list[str], samples: int) -> dict:
+    """The lmms-eval / VLMEvalKit loop over one copy of each synthetic role."""
+    from rescue_eval import config, runner
+    from rescue_eval.rescue import Roles, search_batch
+
+    backends = {role: cls(costs[role]) for role, cls in synthetic.SYNTHETIC_CLASSES.items()}
+    roles = Roles(**backends)
+    cfg, _ = config.parse(["--output", "unused", *data_args])
+    settings, dataset = runner.settings_of(cfg), runner.build_data(cfg).dataset
+    start = time.perf_counter()
+    for i in range(samples):
+        search_batch([dataset[i]], roles, settings)
+    wall = time.perf_counter() - start
+    return {"samples_per_s": samples / wall, "stages_s": sum(b.slept_s for b in backends.values()) / samples}
+
+
+def run(costs: dict, repeats: int, samples: int, parallel_requests: int, sequential_samples: int,
+        image_size: int, log) -> list[Row]:
+    if samples <= 3 * WORLD * parallel_requests:
+        raise ValueError(f"give more than {3 * WORLD * parallel_requests} samples: the first and the last "
+                         f"{WORLD * parallel_requests} (one wave in flight) are not steady state")
+    pipelined, sequential = [], []
+    with tempfile.TemporaryDirectory(prefix="rescue-bench-") as tmp:
+        data_args = make_dataset(Path(tmp) / "data", samples, image_size)
+        for k in range(repeats):
+            run_dir = Path(tmp) / f"run-{k}"
+            run_dir.mkdir()
+            pipelined.append(pipelined_run(costs, data_args, parallel_requests, run_dir))
+            sequential.append(sequential_run(costs, data_args, sequential_samples))
+            p, s = pipelined[-1], sequential[-1]
+            log(f"  run {k + 1}/{repeats}: pipelined {p['samples_per_s']:.2f}/s (ideal {p['ideal']:.2f}/s), "
+                f"sequential {s['samples_per_s']:.2f}/s, harness CPU ms/sample by rank "
+                f"{', '.join(f'{sum(x.values()):.1f}' for x in p['cpu_ms_per_sample'])}")
+    log("  ideal bound (last run) = min over roles of max_batch / (fixed + per_item x max_batch) / items per sample:")
+    for line in pipelined[-1]["how"]:
+        log(f"    {line}")
+
+    med = statistics.median
+    efficiency = med([p["samples_per_s"] / p["ideal"] for p in pipelined])
+    speedup = med([p["samples_per_s"] / s["samples_per_s"] for p, s in zip(pipelined, sequential)])
+    stages_s = med([s["stages_s"] for s in sequential])
+    bottleneck_s = med([1 / p["ideal"] for p in pipelined])
+    expected = med([s["stages_s"] * p["ideal"] for p, s in zip(pipelined, sequential)])
+    by_rank = [x for p in pipelined for x in p["cpu_ms_per_sample"]]  # every rank of every run
+    cpu = [sum(x.values()) for x in by_rank]
+    groups = " / ".join(f"{g} {med([x[g] for x in by_rank]):.1f}" for g in by_rank[0])
+    mean_batch, max_batch = pipelined[-1]["bottleneck_batch"]
+    bottleneck = pipelined[-1]["bottleneck"]
+    images = f"{image_size}x{image_size}" if image_size else "320x240"
+    return [
+        Row("1", f"pipelined samples/s ({WORLD} ranks, dedicated, {parallel_requests} in flight per rank, steady)",
+            f"{med([p['samples_per_s'] for p in pipelined]):.2f}", "", None),
+        Row("1", f"ideal samples/s (bottleneck: {bottleneck} at {max_batch} items per batch)",
+            f"{med([p['ideal'] for p in pipelined]):.2f}", "", None),
+        Row("1", f"{bottleneck} mean batch in the run (items, of max_batch {max_batch})", f"{mean_batch:.1f}", "", None),
+        Row("1", "pipelined / ideal", f"{efficiency:.3f}", ">= 0.9", efficiency >= 0.9),
+        Row("2", "sequential loop samples/s (one sample at a time, batch 1)",
+            f"{med([s['samples_per_s'] for s in sequential]):.2f}", "", None),
+        Row("2", f"speed-up pipelined / sequential; S/B = {stages_s * 1e3:.0f}/{bottleneck_s * 1e3:.0f} ms = "
+                 f"{expected:.2f}", f"{speedup:.2f}x", ">= 0.9 x S/B", speedup >= 0.9 * expected),
+        Row("3", f"harness CPU ms per sample per rank, {images} images, median (max {max(cpu):.1f})",
+            f"{med(cpu):.1f}", "<= 10", med(cpu) <= 10),
+        Row("3", "  by thread group (medians, ms)", groups, "", None),
+    ]
