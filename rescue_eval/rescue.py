@@ -15,7 +15,7 @@ import numpy as np
 from rescue_eval.errors import FatalError
 from rescue_eval.masks import box_iou, encode_rle, intersection_union, mask_box, pairwise_iou, sample_iou
 from rescue_eval.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
-from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select, stable_seed
+from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, needs_judge, select, stable_seed
 
 
 @dataclass
@@ -203,8 +203,10 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     if roles.judge is not None and settings.verifier.mode == "comparative":
         memo = JudgeMemo(roles.judge.rate, roles.judge.duel, w.image, w.masks, w.sample.query,
                          stable_seed(settings.seed, w.sample.id, "judge"), settings.verifier.duel_order)
-    for n in settings.sweep:
-        positions = [p for p, h in enumerate(w.hypotheses) if h.index < n]
+    prefixes = {n: [p for p, h in enumerate(w.hypotheses) if h.index < n] for n in settings.sweep}
+    if memo is not None:  # every rating the sweep will use, in one judge call
+        memo.rate(sorted({p for n, ps in prefixes.items() if needs_judge(ps, iou, settings.verifier) for p in ps}))
+    for n, positions in prefixes.items():
         sel = select(positions, iou, w.siglip, memo, settings.verifier)
         w.record["sweep"][str(n)] = {"chosen": sel.chosen, "cut_the_chase": sel.cut_the_chase,
                                      "judge_calls": sel.judge_calls, "hybrid": sel.hybrid}

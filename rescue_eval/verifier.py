@@ -114,6 +114,14 @@ def pyramid_order(n: int) -> list[int]:
     return ranks
 
 
+def needs_judge(positions: list[int], iou: np.ndarray, settings: VerifierSettings) -> bool:
+    """Whether choosing among these candidates asks the VLM (comparative mode, several
+    candidates, and they do not already agree)."""
+    if settings.mode != "comparative" or len(positions) < 2:
+        return False
+    return mean_pairwise_iou(iou[np.ix_(positions, positions)]) <= settings.cut_the_chase
+
+
 def select(positions: list[int], iou: np.ndarray, siglip: list[float], judge: JudgeMemo | None,
            settings: VerifierSettings) -> Selection:
     """Choose among the candidates at `positions` (the first N of a sample) using only them."""
