@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image
+
 from rescue_eval.types import decode_image_bytes
 
 
@@ -57,9 +59,10 @@ def read_inside(path: Path, boundary: Path, missing: str, unreadable: str) -> by
         raise RowError(f"{unreadable}: {describe(exc)}") from exc
 
 
-def decoded_size(image_bytes: bytes) -> tuple[int, int]:
-    """(height, width) of the image exactly as the run decodes it (`Sample.decode_image`: RGB, EXIF
-    orientation applied), so the ground truth drawn or checked at this size lines up with its pixels."""
+def decode_checked(image_bytes: bytes) -> Image.Image:
+    """The image exactly as the run decodes it (`Sample.decode_image`: RGB, EXIF orientation
+    applied), so the ground truth drawn or checked at its size lines up with its pixels; a
+    RowError with the reason when it cannot be read."""
     if not image_bytes:
         raise RowError("image_empty: the image has 0 bytes")
     try:
@@ -68,4 +71,4 @@ def decoded_size(image_bytes: bytes) -> tuple[int, int]:
         raise RowError(f"image_unreadable: {describe(exc)}") from exc
     if image.width == 0 or image.height == 0:
         raise RowError(f"image_empty: the image is {image.width}x{image.height} pixels")
-    return image.height, image.width
+    return image

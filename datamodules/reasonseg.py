@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.images import RowError, decoded_size, describe, read_inside, real_folder
+from datamodules.images import RowError, decode_checked, describe, read_inside, real_folder
 from rescue_eval.errors import UsageError
 from rescue_eval.types import IGNORE, Sample
 
@@ -182,13 +182,13 @@ class ReasonSegFolderDataset(Dataset):
             sample.subset = "long" if annotation["is_sentence"] else "short"
             sample.query = query_text(annotation["text"])
             image_bytes = read_inside(image_path, self.boundary, "image_missing", "image_unreadable")
-            height, width = decoded_size(image_bytes)
+            image = decode_checked(image_bytes)
             polygons = lisa_polygons(annotation["shapes"])
-            sample.gt_mask, areas = lisa_mask(polygons, height, width)
+            sample.gt_mask, areas = lisa_mask(polygons, image.height, image.width)
             warnings = lisa_warnings(annotation, polygons, areas, sample.gt_mask)
             if warnings:
                 sample.meta["warnings"] = warnings
-            sample.image_bytes = image_bytes
+            sample.image_bytes, sample.decoded = image_bytes, image  # decoded once, reused by the search
         except RowError as exc:
             sample.gt_mask, sample.error = None, str(exc)
         return sample
@@ -278,11 +278,11 @@ class ReasonSegParquetDataset(Dataset):
             record = self._row_group(file_index, group).slice(row, 1)
             sample.query = query_text(record.column("text")[0].as_py())
             image_bytes = self._image_bytes(record.column("image")[0].as_py(), file_index)
-            height, width = decoded_size(image_bytes)
-            sample.gt_mask = _parquet_mask(record, height, width)
+            image = decode_checked(image_bytes)
+            sample.gt_mask = _parquet_mask(record, image.height, image.width)
             if warnings := gt_warnings(sample.gt_mask):
                 sample.meta["warnings"] = warnings
-            sample.image_bytes = image_bytes
+            sample.image_bytes, sample.decoded = image_bytes, image  # decoded once, reused by the search
         except RowError as exc:
             sample.gt_mask, sample.error = None, str(exc)
         return sample

@@ -33,13 +33,15 @@ class Sample:
     subset: str = ""  # e.g. "short" / "long" for ReasonSeg's is_sentence
     error: str | None = None
     meta: dict = field(default_factory=dict)
+    # the decoded image when the reader already decoded it (to check it and size the mask)
+    decoded: Image.Image | None = field(default=None, repr=False, compare=False)
 
     def decode_image(self) -> Image.Image:
         """The RGB image, EXIF rotation applied (the ground truth is drawn on the rotated image).
 
         The image keeps its sample id and original bytes in `info["source"]`, so the transport
         can send those bytes instead of re-encoding pixels."""
-        image = decode_image_bytes(self.image_bytes)
+        image = self.decoded if self.decoded is not None else decode_image_bytes(self.image_bytes)
         image.info["source"] = (self.id, self.image_bytes)
         return image
 
