@@ -2,7 +2,8 @@
 1024x1024 masks: pairwise IoU and agreement, then for every N' of the sweep the hybrid scores
 and the pyramid tournament with its judge memo (what rescue.verify runs per sample). The judge
 is the synthetic one at zero cost. Measured with tracemalloc, which sees numpy's buffers; the
-masks themselves (the input) are allocated before it starts and not counted."""
+masks and their RLEs (the input, which the record keeps anyway) are made before it starts and
+not counted."""
 from __future__ import annotations
 
 import math
@@ -14,9 +15,9 @@ from PIL import Image
 from benchmarks import shapes
 from benchmarks.synthetic import Cost, SyntheticJudge
 from benchmarks.table import Row
-from rescue_eval.masks import pairwise_iou
+from rescue_eval.masks import encode_rle, pairwise_iou
 from rescue_eval.rescue import sweep_values
-from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select
+from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select_sweep
 
 COUNTS = (16, 64, 256)
 LIMIT_MB = 64
@@ -26,13 +27,13 @@ def peak_extra_mb(masks: list[np.ndarray]) -> float:
     settings, judge = VerifierSettings(), SyntheticJudge(Cost(0.0, 0.0))
     image = Image.new("RGB", masks[0].shape[::-1])
     siglip = [(i % 7) / 7 for i in range(len(masks))]
+    rles = [encode_rle(m) for m in masks]  # the record's RLEs, which verify computes IoU on
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    iou = pairwise_iou(masks)
+    iou = pairwise_iou(rles)
     agreement(iou)
     memo = JudgeMemo(judge.rate, judge.duel, image, masks, "the query", 0, settings.duel_order)
-    for n in sweep_values(len(masks)):
-        select(list(range(n)), iou, siglip, memo, settings)
+    select_sweep({n: list(range(n)) for n in sweep_values(len(masks))}, iou, siglip, memo, settings)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     return peak / 2 ** 20

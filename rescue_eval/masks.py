@@ -1,9 +1,12 @@
 """Masks: COCO RLE encoding, IoU under LISA's ignore policy, pairwise agreement, drawing.
 
 Masks are bool HxW numpy arrays everywhere inside the harness; on disk and on the wire they
-are COCO RLE (pycocotools), which is lossless and small for the blobby shapes SAM produces.
+are COCO RLE (pycocotools), which is lossless and small for the blobby shapes SAM produces,
+and the candidates' pairwise IoU is computed on the RLE.
 """
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -14,14 +17,30 @@ from rescue_eval.types import IGNORE, Box
 UNION_EPS = 1e-5  # LISA: iou = intersection / (union + 1e-5)
 
 
+# The RLE of every mask that decode_rle made and that is still alive. Those arrays are read-only,
+# so their RLE cannot go stale: a mask that came over the wire is sent on and recorded without
+# being encoded again (a sample's masks cross several times: scorer, judge ratings, duels, JSONL).
+_KNOWN_RLE: dict[int, tuple[weakref.ref, dict]] = {}
+
+
 def encode_rle(mask: np.ndarray) -> dict:
     """Bool HxW -> {"size": [h, w], "counts": str} (COCO compressed RLE, JSON-ready)."""
+    known = _KNOWN_RLE.get(id(mask))
+    if known is not None and known[0]() is mask:
+        return known[1]
     rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: dict) -> np.ndarray:
-    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+    """RLE -> bool HxW, read-only (encode_rle gives its RLE back without encoding it again)."""
+    # 0/1 bytes viewed as bool: no second copy (the uint8 array is referenced by this view only)
+    mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).view(bool)
+    mask.flags.writeable = False
+    key = id(mask)
+    # the entry goes when the array does, before its id can be reused
+    _KNOWN_RLE[key] = (weakref.ref(mask, lambda _, key=key: _KNOWN_RLE.pop(key, None)), rle)
+    return mask
 
 
 def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
@@ -55,34 +74,17 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
-def pairwise_iou(masks: list[np.ndarray], chunk_bytes: int = 8 << 20) -> np.ndarray:
-    """N x N mask IoU without an N x H*W matrix.
-
-    Only the image rows that some mask touches are visited, a block of rows at a time: each block
-    is an N x (rows * W) float32 matrix of at most `chunk_bytes`, and its Gram matrix adds the
-    block's intersections. Extra memory is O(chunk_bytes + N^2) whatever N and the image size.
-    """
-    n = len(masks)
-    if n == 0:
+def pairwise_iou(rles: list[dict]) -> np.ndarray:
+    """N x N IoU of masks given as RLE, computed on the runs by pycocotools without decoding
+    a mask: time and memory grow with N^2 and the runs, not with the pixels. Two empty masks
+    agree fully (1.0)."""
+    if not rles:
         return np.zeros((0, 0))
-    width = masks[0].shape[1]
-    areas = np.array([np.count_nonzero(m) for m in masks], dtype=np.float64)
-    touched = np.zeros(masks[0].shape[0], dtype=bool)
-    for m in masks:
-        touched |= m.any(axis=1)
-    rows = np.flatnonzero(touched)
-    step = max(1, chunk_bytes // (4 * n * width))
-    inter = np.zeros((n, n), dtype=np.float64)
-    block = np.empty((n, min(step, max(len(rows), 1)) * width), dtype=np.float32)
-    for start in range(0, len(rows), step):
-        chosen = rows[start:start + step]
-        view = block[:, :len(chosen) * width]
-        for i, m in enumerate(masks):
-            view[i] = m[chosen].reshape(-1)
-        inter += view @ view.T  # exact: float32 holds integer counts up to 2**24 per block
-    union = areas[:, None] + areas[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 1.0)
+    coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    iou = np.asarray(coco_mask.iou(coco, coco, [0] * len(coco)), dtype=np.float64).reshape(len(coco), len(coco))
+    empty = coco_mask.area(coco) == 0
+    iou[np.ix_(empty, empty)] = 1.0
+    return iou
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45,

@@ -8,14 +8,14 @@ it, and that sample alone is scored as a failure.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from rescue_eval.errors import FatalError
 from rescue_eval.masks import box_iou, encode_rle, intersection_union, mask_box, pairwise_iou, sample_iou
 from rescue_eval.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
-from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, needs_judge, select, stable_seed
+from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select_sweep, stable_seed
 
 
 @dataclass
@@ -141,7 +141,7 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
         w.hypotheses = [h for h in hs if h.status == "ok"]
         if not w.hypotheses:
             fail(w.record, "no_hypothesis", f"none of {len(hs)} planner outputs gave a usable box")
-        w.record["hypotheses"] = [asdict(h) for h in hs]
+        w.record["hypotheses"] = [dict(vars(h)) for h in hs]  # flat: no deep copy (asdict) needed
         w.record["vlm"]["planner_tokens_in"] = sum(h.tokens_in for h in hs)
         w.record["vlm"]["planner_tokens_out"] = sum(h.tokens_out for h in hs)
 
@@ -190,10 +190,11 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     """Score every candidate against the ground truth (for the record and the oracle only, never
     for choosing) and run the verifier for each N of the sweep on the first N hypotheses."""
     gt = w.sample.gt_mask
-    iou = pairwise_iou(w.masks)
+    rles = [encode_rle(m) for m in w.masks]  # free for masks that came over the wire
+    iou = pairwise_iou(rles)
     agree = agreement(iou)
     for p, (h, mask) in enumerate(zip(w.hypotheses, w.masks)):
-        candidate = {"index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": encode_rle(mask),
+        candidate = {"index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": rles[p],
                      "siglip": w.siglip[p], "agreement": float(agree[p])}
         if gt is not None:
             inter, union = intersection_union(mask, gt)
@@ -204,16 +205,12 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
         memo = JudgeMemo(roles.judge.rate, roles.judge.duel, w.image, w.masks, w.sample.query,
                          stable_seed(settings.seed, w.sample.id, "judge"), settings.verifier.duel_order)
     prefixes = {n: [p for p, h in enumerate(w.hypotheses) if h.index < n] for n in settings.sweep}
-    if memo is not None:  # every rating the sweep will use, in one judge call
-        memo.rate(sorted({p for n, ps in prefixes.items() if needs_judge(ps, iou, settings.verifier) for p in ps}))
-    for n, positions in prefixes.items():
-        sel = select(positions, iou, w.siglip, memo, settings.verifier)
+    for n, sel in select_sweep(prefixes, iou, w.siglip, memo, settings.verifier).items():
         w.record["sweep"][str(n)] = {"chosen": sel.chosen, "cut_the_chase": sel.cut_the_chase,
                                      "judge_calls": sel.judge_calls, "hybrid": sel.hybrid}
-        if memo is not None:
-            for p, r in zip(positions, [memo.ratings.get(p) for p in positions]):
-                w.record["candidates"][p]["vlm"] = r
     if memo is not None:
+        for p, candidate in enumerate(w.record["candidates"]):
+            candidate["vlm"] = memo.ratings.get(p)
         w.record["judge"] = memo.answers
         w.record["vlm"].update(judge_calls=len(memo.answers), judge_unusable=memo.unusable,
                                judge_tokens_in=sum(a["tokens_in"] for a in memo.answers),
@@ -226,6 +223,7 @@ def finish_record(w: _Work, settings: SearchSettings) -> None:
     to cIoU (its area is unknown)."""
     rec, gt = w.record, w.sample.gt_mask
     empty = np.zeros(gt.shape, dtype=bool) if gt is not None else None
+    empty_scores = intersection_union(empty, gt) if gt is not None else None
     for n in settings.sweep:
         entry = rec["sweep"].setdefault(str(n), {"chosen": None, "cut_the_chase": False, "judge_calls": 0})
         chosen = entry["chosen"] if not w.failed else None
@@ -236,15 +234,15 @@ def finish_record(w: _Work, settings: SearchSettings) -> None:
         if gt is None:
             entry.update(intersection=0, union=0, iou=0.0, oracle_iou=0.0)
             continue
-        pred = w.masks[chosen] if chosen is not None else empty
-        inter, union = intersection_union(pred, gt)
+        # the chosen candidate was scored against the ground truth in verify
+        inter, union = ((rec["candidates"][chosen]["intersection"], rec["candidates"][chosen]["union"])
+                        if chosen is not None else empty_scores)
         prefix = [c["iou"] for c in rec["candidates"] if c["index"] < n] if not w.failed else []
-        empty_iou = sample_iou(*intersection_union(empty, gt))
         entry.update(intersection=inter, union=union, iou=sample_iou(inter, union),
-                     oracle_iou=max(prefix, default=empty_iou))
+                     oracle_iou=max(prefix, default=sample_iou(*empty_scores)))
     top = rec["sweep"][str(settings.max_n)]
     if settings.scored:
         rec.update({k: top[k] for k in ("intersection", "union", "iou", "oracle_iou")})
     chosen = top["chosen"] if not w.failed else None
-    rec["prediction"] = encode_rle(w.masks[chosen]) if chosen is not None else (
+    rec["prediction"] = rec["candidates"][chosen]["mask"] if chosen is not None else (
         encode_rle(empty) if empty is not None else None)

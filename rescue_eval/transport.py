@@ -5,15 +5,16 @@ transport can replace it behind `RemoteRole` and `serve`.
 
 On the wire: images as their original encoded bytes, sent once per role host and sample
 (the host keeps the decoded image in a small cache and asks again if it was evicted); masks as
-COCO RLE (lossless). A backend error travels back as a value and is raised on the caller as a
+COCO RLE (lossless), encoded once per process and decoded once per host (`DecodedCache`). A backend error travels back as a value and is raised on the caller as a
 RoleCallError (scored as that sample's failure); an RPC failure (a rank gone, a timeout) is a
 TransportError, which stops the job instead of being recorded as a failed sample.
 """
 from __future__ import annotations
 
-import dataclasses
+import io
 import itertools
 import os
+import pickle
 import socket
 import threading
 from collections import OrderedDict
@@ -100,58 +101,53 @@ def abort() -> None:
 
 # ---- packing: what crosses the wire ----------------------------------------------------------
 
-@dataclasses.dataclass
-class WireImage:
-    key: str
-    data: bytes | None  # None: the receiver has it cached under `key`
+def pack(obj, sent: set | None = None) -> bytes:
+    """A request or an answer as a pickle in which images and masks are persistent references
+    carrying their wire forms. `sent` holds the image keys the receiver already has (their
+    bytes are left out)."""
+    buf = io.BytesIO()
+    _WirePickler(buf, sent).dump(obj)
+    return buf.getvalue()
 
 
-@dataclasses.dataclass
-class WireMask:
-    rle: dict
+def unpack(data: bytes, cache: "DecodedCache | None" = None):
+    """The inverse of pack. With a cache (on a role host), images come from it when the sender
+    left their bytes out, and a mask already decoded here is not decoded again."""
+    return _WireUnpickler(io.BytesIO(data), cache).load()
 
 
-def pack(obj, sent: set | None = None):
-    """Replace images and masks by their wire forms, recursively through dataclasses and lists.
-    `sent` holds the image keys the receiver already has (their bytes are left out)."""
-    if isinstance(obj, Image.Image):
-        key, data = obj.info.get("source") or _encode_png(obj)
-        if sent is not None and key in sent:
-            return WireImage(key, None)
-        if sent is not None:
-            sent.add(key)
-        return WireImage(key, data)
-    if isinstance(obj, np.ndarray) and obj.dtype == bool and obj.ndim == 2:
-        return WireMask(encode_rle(obj))
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: pack(getattr(obj, f.name), sent) for f in dataclasses.fields(obj)
-                                           if f.init})
-    if isinstance(obj, list):
-        return [pack(x, sent) for x in obj]
-    if isinstance(obj, tuple):
-        return tuple(pack(x, sent) for x in obj)
-    return obj
+class _WirePickler(pickle.Pickler):
+    def __init__(self, file, sent: set | None):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sent = sent
+
+    def persistent_id(self, obj):
+        if isinstance(obj, np.ndarray) and obj.dtype == bool and obj.ndim == 2:
+            return "mask", encode_rle(obj)  # free for a mask that came over the wire (masks.decode_rle)
+        if isinstance(obj, Image.Image):
+            key, data = obj.info.get("source") or _encode_png(obj)
+            if self.sent is not None:
+                if key in self.sent:
+                    return "image", key, None
+                self.sent.add(key)
+            return "image", key, data
+        return None  # everything else is pickled as usual
 
 
-def unpack(obj, images: "ImageCache | None" = None):
-    if isinstance(obj, WireImage):
-        return images.get(obj)
-    if isinstance(obj, WireMask):
-        return decode_rle(obj.rle)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: unpack(getattr(obj, f.name), images)
-                                           for f in dataclasses.fields(obj) if f.init})
-    if isinstance(obj, list):
-        return [unpack(x, images) for x in obj]
-    if isinstance(obj, tuple):
-        return tuple(unpack(x, images) for x in obj)
-    return obj
+class _WireUnpickler(pickle.Unpickler):
+    def __init__(self, file, cache: "DecodedCache | None"):
+        super().__init__(file)
+        self.cache = cache
+
+    def persistent_load(self, pid):
+        if pid[0] == "mask":
+            return self.cache.mask(pid[1]) if self.cache is not None else decode_rle(pid[1])
+        return self.cache.image(pid[1], pid[2])
 
 
 def _encode_png(image: Image.Image) -> tuple[str, bytes]:
     """An image that did not come from a sample (none does today): lossless PNG, keyed by content."""
     import hashlib
-    import io
 
     buf = io.BytesIO()
     image.save(buf, "PNG")
@@ -159,31 +155,56 @@ def _encode_png(image: Image.Image) -> tuple[str, bytes]:
     return "png:" + hashlib.sha1(data).hexdigest(), data
 
 
-class ImageCache:
-    """Decoded images by key on a role host, least recently used dropped first."""
+class DecodedCache:
+    """What a role host has decoded, least recently used dropped first: images by key (the
+    sender leaves out the bytes of those it sent before, and sends them again if asked) and
+    masks by their RLE (a sample's masks arrive again for ratings and duels). Both are
+    read-only once decoded, so requests share them."""
 
-    def __init__(self, capacity: int = 256):
-        self.capacity, self._items, self._lock = capacity, OrderedDict(), threading.Lock()
+    def __init__(self, images: int = 256, mask_bytes: int = 512 << 20):
+        self.image_capacity, self.mask_capacity = images, mask_bytes
+        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._mask_bytes = 0
+        self._lock = threading.Lock()
 
-    def get(self, wire: WireImage) -> Image.Image:
+    def image(self, key: str, data: bytes | None) -> Image.Image:
+        """The image under `key`; `data` None: the sender expects it here already."""
         with self._lock:
-            if wire.key in self._items:
-                self._items.move_to_end(wire.key)
-                return self._items[wire.key]
-        if wire.data is None:
-            raise ImageNotCached(wire.key)
-        image = decode_image_bytes(wire.data)
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+        if data is None:
+            raise ImageNotCached(key)
+        image = decode_image_bytes(data)
         with self._lock:
-            self._items[wire.key] = image
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._images[key] = image
+            while len(self._images) > self.image_capacity:
+                self._images.popitem(last=False)
         return image
+
+    def mask(self, rle: dict) -> np.ndarray:
+        key = (*rle["size"], rle["counts"])
+        with self._lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        mask = decode_rle(rle)
+        with self._lock:
+            if key not in self._masks:
+                self._masks[key] = mask
+                self._mask_bytes += mask.nbytes
+            while self._mask_bytes > self.mask_capacity:
+                self._mask_bytes -= self._masks.popitem(last=False)[1].nbytes
+        return mask
 
 
 # ---- the serving side ------------------------------------------------------------------------
 
 _SERVERS: dict[str, RoleServer] = {}
-_IMAGES = ImageCache()
+_DECODED = DecodedCache()
+
+
 def host(server: RoleServer) -> None:
     """Make a role server on this rank reachable by the other ranks."""
     _SERVERS[server.name] = server
@@ -193,7 +214,7 @@ def host(server: RoleServer) -> None:
 def _serve(role: str, method: str, packed: list) -> torch.futures.Future:
     result = torch.futures.Future()
     try:
-        items = unpack(packed, _IMAGES)
+        items = unpack(packed, _DECODED)
     except ImageNotCached as exc:
         result.set_result(("resend", str(exc)))
         return result
@@ -233,7 +254,8 @@ class RemoteRole:
             except Exception as exc:  # noqa: BLE001 - any RPC failure means a rank is gone or stuck
                 raise TransportError(f"{self.name} on rank {target} did not answer ({type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}); the job stops so that "
-                                     f"no sample is recorded as failed for it. Rerun to resume.") from exc
+                                     f"no sample is recorded as failed for it. Rerun the same command to "
+                                     f"resume.") from exc
             if status == "ok":
                 return unpack(value)
             if status == "error":

@@ -4,6 +4,8 @@ Per candidate set: "cut the chase" when the masks already agree, else a hybrid s
 (VLM rating + SigLIP2 + agreement) and a pyramid tournament of A/B duels judged by the VLM.
 The judge is reached through `JudgeMemo`, which asks each question once per sample, so the
 per-N sweep reuses pointwise ratings and duels while still counting the calls an N-run makes.
+`select_sweep` chooses for every N of the sweep at once: one judge call for all the ratings,
+then one per tournament round for the duels of every N (the tournaments are independent).
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class JudgeMemo:
         self._rate, self._duel = rate, duel
         self.image, self.masks, self.query, self.seed, self.duel_order = image, masks, query, seed, duel_order
         self.ratings: dict[int, float | None] = {}
-        self.duels: dict[tuple[int, int], int | None] = {}
+        self.duels_won: dict[tuple[int, int], int | None] = {}  # (i, j), i < j -> winner
         self.answers: list[dict] = []  # every question asked, for the record
         self.unusable = 0  # answers that could not be parsed (the hybrid score decides instead)
 
@@ -67,23 +69,33 @@ class JudgeMemo:
     def duel_calls(self) -> int:
         return 2 if self.duel_order == "both" else 1
 
-    def duel(self, i: int, j: int) -> int | None:
-        """Winner of i against j, or None when the judge gave no usable or consistent answer."""
-        key = (min(i, j), max(i, j))
-        if key not in self.duels:
+    def duels(self, pairs: list[tuple[int, int]]) -> list[int | None]:
+        """Winner of each (i, j), or None when the judge gave no usable or consistent answer.
+        The pairs not asked before go to the judge in one call."""
+        asked: dict[tuple[int, int], list[tuple[int, int]]] = {}  # pair -> the orders shown
+        for i, j in pairs:
+            key = (min(i, j), max(i, j))
+            if key in self.duels_won or key in asked:
+                continue
             if self.duel_order == "both":
-                orders = [key, key[::-1]]
+                asked[key] = [key, key[::-1]]
             else:  # a fair coin per pair, so neither the incumbent nor the lower index is always "A"
-                flip = stable_seed(self.seed, "duel", *key) % 2
-                orders = [key[::-1] if flip else key]
-            items = [DuelItem(self.image, self.masks[a], self.masks[b], self.query) for a, b in orders]
+                asked[key] = [key[::-1] if stable_seed(self.seed, "duel", *key) % 2 else key]
+        shown = [order for orders in asked.values() for order in orders]
+        verdicts = self._duel([DuelItem(self.image, self.masks[a], self.masks[b], self.query)
+                               for a, b in shown]) if shown else []
+        if len(verdicts) != len(shown):
+            raise RuntimeError(f"the judge gave {len(verdicts)} verdicts for {len(shown)} duels")
+        answers = iter(verdicts)
+        for key, orders in asked.items():
             winners = []
-            for (a, b), ans in zip(orders, self._duel(items)):
-                self._log("duel", [a, b], ans)
-                winners.append({"A": a, "B": b}.get(ans.value))
+            for a, b in orders:
+                answer = next(answers)
+                self._log("duel", [a, b], answer)
+                winners.append({"A": a, "B": b}.get(answer.value))
             self.unusable += sum(w is None for w in winners)
-            self.duels[key] = winners[0] if len(set(winners)) == 1 else None
-        return self.duels[key]
+            self.duels_won[key] = winners[0] if len(set(winners)) == 1 else None
+        return [self.duels_won[(min(i, j), max(i, j))] for i, j in pairs]
 
     def _log(self, kind: str, positions: list[int], a: JudgeAnswer) -> None:
         self.answers.append({"kind": kind, "candidates": positions, "value": a.value, "raw_text": a.raw_text,
@@ -125,36 +137,75 @@ def needs_judge(positions: list[int], iou: np.ndarray, settings: VerifierSetting
 def select(positions: list[int], iou: np.ndarray, siglip: list[float], judge: JudgeMemo | None,
            settings: VerifierSettings) -> Selection:
     """Choose among the candidates at `positions` (the first N of a sample) using only them."""
-    if not positions:
-        return Selection(None)
-    if len(positions) == 1:
-        return Selection(positions[0], hybrid=[1.0])
-    sub = iou[np.ix_(positions, positions)]
-    agree = agreement(sub)
-    sig = np.asarray([siglip[p] for p in positions], dtype=np.float64)
-    cut = mean_pairwise_iou(sub) > settings.cut_the_chase
-    if settings.mode == "heuristic" or cut or judge is None:
-        w_s, w_a = settings.weight_siglip, settings.weight_agreement
-        hybrid = (w_s * sig + w_a * agree) / max(w_s + w_a, 1e-12)
-        best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
-        return Selection(positions[best], cut_the_chase=cut, hybrid=hybrid.tolist())
+    return select_sweep({len(positions): positions}, iou, siglip, judge, settings)[len(positions)]
 
+
+def select_sweep(candidates: dict[int, list[int]], iou: np.ndarray, siglip: list[float], judge: JudgeMemo | None,
+                 settings: VerifierSettings) -> dict[int, Selection]:
+    """`select` for each candidate set of one sample (the first N, for every N of the sweep),
+    each using only its own candidates. The judge is asked in as few calls as the sets allow:
+    every rating at once, then each tournament round's duels of all sets at once."""
+    selections, tournaments = {}, {}
+    use_judge = settings.mode == "comparative" and judge is not None
+    if use_judge:
+        judge.rate(sorted({p for ps in candidates.values() if needs_judge(ps, iou, settings) for p in ps}))
+    for n, positions in candidates.items():
+        if not positions:
+            selections[n] = Selection(None)
+        elif len(positions) == 1:
+            selections[n] = Selection(positions[0], hybrid=[1.0])
+        elif use_judge and needs_judge(positions, iou, settings):
+            tournaments[n] = _Tournament(positions, _judged_hybrid(positions, iou, siglip, judge, settings))
+        else:
+            sub = iou[np.ix_(positions, positions)]
+            sig = np.asarray([siglip[p] for p in positions], dtype=np.float64)
+            w_s, w_a = settings.weight_siglip, settings.weight_agreement
+            hybrid = (w_s * sig + w_a * agreement(sub)) / max(w_s + w_a, 1e-12)
+            best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
+            selections[n] = Selection(positions[best], cut_the_chase=mean_pairwise_iou(sub) > settings.cut_the_chase,
+                                      hybrid=hybrid.tolist())
+    while live := [t for t in tournaments.values() if not t.done]:
+        for t, result in zip(live, judge.duels([t.next_pair() for t in live])):
+            t.play(result)
+    for n, t in tournaments.items():
+        calls = len(t.positions) + len(t.challengers) * judge.duel_calls()
+        selections[n] = Selection(t.positions[t.winner], judge_calls=calls, hybrid=t.hybrid.tolist())
+    return dict(sorted(selections.items()))
+
+
+def _judged_hybrid(positions: list[int], iou: np.ndarray, siglip: list[float], judge: JudgeMemo,
+                   settings: VerifierSettings) -> np.ndarray:
+    """VLM rating, SigLIP2 and agreement, weighted; an unusable rating neither helps nor hurts."""
     ratings = judge.rate(positions)
     known = [r for r in ratings if r is not None]
-    neutral = float(np.mean(known)) if known else 0.0  # an unusable rating neither helps nor hurts
+    neutral = float(np.mean(known)) if known else 0.0
     vlm = np.asarray([neutral if r is None else r for r in ratings], dtype=np.float64)
     w_v = settings.weight_vlm if known else 0.0
-    hybrid = w_v * vlm + settings.weight_siglip * sig + settings.weight_agreement * agree
-    calls = len(positions)
+    sig = np.asarray([siglip[p] for p in positions], dtype=np.float64)
+    agree = agreement(iou[np.ix_(positions, positions)])
+    return w_v * vlm + settings.weight_siglip * sig + settings.weight_agreement * agree
 
-    order = sorted(range(len(positions)), key=lambda k: (-hybrid[k], k))
-    winner = order[0]
-    for rank in pyramid_order(len(order)):
-        challenger = order[rank]
-        result = judge.duel(positions[winner], positions[challenger])
-        calls += judge.duel_calls()
+
+class _Tournament:
+    """The pyramid: the hybrid leader so far meets the candidates at hybrid ranks 1, 2, 4, 8, ..."""
+
+    def __init__(self, positions: list[int], hybrid: np.ndarray):
+        self.positions, self.hybrid = positions, hybrid
+        self.order = sorted(range(len(positions)), key=lambda k: (-hybrid[k], k))
+        self.challengers = [self.order[rank] for rank in pyramid_order(len(positions))]
+        self.winner, self.round = self.order[0], 0
+
+    @property
+    def done(self) -> bool:
+        return self.round == len(self.challengers)
+
+    def next_pair(self) -> tuple[int, int]:
+        return self.positions[self.winner], self.positions[self.challengers[self.round]]
+
+    def play(self, result: int | None) -> None:
+        challenger = self.challengers[self.round]
         if result is None:  # no usable verdict: the hybrid score decides, no one "wins" by default
-            winner = winner if hybrid[winner] >= hybrid[challenger] else challenger
+            self.winner = self.winner if self.hybrid[self.winner] >= self.hybrid[challenger] else challenger
         else:
-            winner = positions.index(result)
-    return Selection(positions[winner], judge_calls=calls, hybrid=hybrid.tolist())
+            self.winner = self.positions.index(result)
+        self.round += 1

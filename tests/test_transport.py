@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rescue_eval.transport import ImageCache, ImageNotCached, WireImage, WireMask, pack, unpack
+from rescue_eval import masks as masks_mod
+from rescue_eval.transport import DecodedCache, ImageNotCached, pack, unpack
 from rescue_eval.types import DuelItem, JudgeAnswer, Sample, ScoreItem
 
 
@@ -22,12 +23,11 @@ def test_images_travel_as_their_original_bytes_once_per_host():
     masks = [np.random.default_rng(k).random((60, 80)) < 0.3 for k in range(3)]
     sent = set()
     first = pack([ScoreItem(image, masks, "q")], sent)
-    assert first[0].image == WireImage("s1", data)  # the file's bytes, not re-encoded pixels
-    assert all(isinstance(m, WireMask) for m in first[0].masks)
+    assert data in first and sent == {"s1"}  # the file's bytes, not re-encoded pixels
     second = pack([DuelItem(image, masks[0], masks[1], "q")], sent)
-    assert second[0].image == WireImage("s1", None)  # the host has it already
+    assert data not in second  # the host has the image already
 
-    cache = ImageCache(capacity=4)
+    cache = DecodedCache(images=4)
     a = unpack(first, cache)[0]
     b = unpack(second, cache)[0]
     assert np.array_equal(np.asarray(a.image), np.asarray(image)) and b.image is a.image
@@ -35,19 +35,51 @@ def test_images_travel_as_their_original_bytes_once_per_host():
 
 
 def test_an_evicted_image_is_asked_for_again():
-    cache = ImageCache(capacity=1)
+    cache = DecodedCache(images=1)
     image, data = sample_image()
-    cache.get(WireImage("s1", data))
-    cache.get(WireImage("png:other", _png()))
+    sent = set()
+    first, second = pack([image], sent), pack([image], sent)
+    unpack(first, cache)
+    unpack(pack([Image.open(io.BytesIO(_png()))]), cache)  # a different image takes the only place
     with pytest.raises(ImageNotCached):
-        cache.get(WireImage("s1", None))
+        unpack(second, cache)
+
+
+def test_a_mask_is_encoded_once_per_process_and_decoded_once_per_host(monkeypatch):
+    """A sample's masks cross several times (scorer, ratings, duels, the JSONL): a mask that
+    came over the wire is read-only and keeps its RLE, and a host decodes an RLE once."""
+    masks = [np.random.default_rng(k).random((60, 80)) < 0.3 for k in range(2)]
+    received = unpack(pack(masks))  # the driver's copy of the executor's answer
+    assert all(np.array_equal(r, m) and not r.flags.writeable for r, m in zip(received, masks))
+    encodes = []
+    real_encode = masks_mod.coco_mask.encode
+    monkeypatch.setattr(masks_mod.coco_mask, "encode", lambda a: encodes.append(1) or real_encode(a))
+    cache = DecodedCache()
+    on_host = [unpack(pack(x), cache) for x in (received, received[::-1])]
+    assert encodes == []  # sent on twice without encoding again
+    assert on_host[0][0] is on_host[1][1] and on_host[0][1] is on_host[1][0]  # decoded once here
+    assert masks_mod.encode_rle(received[0]) == masks_mod.encode_rle(masks[0]) and len(encodes) == 1
+    with pytest.raises(ValueError):
+        received[0][0, 0] = True  # read-only, so the kept RLE cannot go stale
+
+
+def test_the_mask_cache_keeps_to_its_byte_budget():
+    cache = DecodedCache(mask_bytes=2 * 60 * 80)
+    rles = [masks_mod.encode_rle(np.random.default_rng(k).random((60, 80)) < 0.5) for k in range(3)]
+    first, second = cache.mask(rles[0]), cache.mask(rles[1])
+    assert cache.mask(rles[0]) is first  # still there; now the most recently used
+    cache.mask(rles[2])  # over budget: the least recently used, rles[1], goes
+    assert cache.mask(rles[0]) is first
+    again = cache.mask(rles[1])
+    assert again is not second and np.array_equal(again, second)  # decoded anew
+    assert cache._mask_bytes <= cache.mask_capacity
 
 
 def test_masks_on_the_wire_are_much_smaller_than_raw_bool():
     mask = np.zeros((1024, 1024), dtype=bool)
     yy, xx = np.mgrid[:1024, :1024]
     mask[(yy - 500) ** 2 + (xx - 400) ** 2 < 300 ** 2] = True
-    wire = len(pickle.dumps(pack(mask)))
+    wire = len(pack(mask))
     assert wire * 8 < mask.nbytes
     assert np.array_equal(unpack(pack(mask)), mask)
 

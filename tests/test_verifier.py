@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from doubles import RuleJudge
-from rescue_eval.masks import pairwise_iou
+from rescue_eval.masks import encode_rle, pairwise_iou
 from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, mean_pairwise_iou, pyramid_order, select
 
 
@@ -23,12 +23,16 @@ def naive_iou(masks):
     return out
 
 
-def test_pairwise_iou_matches_naive_in_any_chunking():
+def iou_of(masks):
+    return pairwise_iou([encode_rle(m) for m in masks])
+
+
+def test_pairwise_iou_on_rle_matches_naive_empty_masks_included():
     rng = np.random.default_rng(0)
-    masks = [rng.random((37, 53)) < p for p in (0.0, 0.1, 0.5, 0.9, 0.3)]
-    expected = naive_iou(masks)
-    for chunk in (4, 64, 1 << 20):
-        np.testing.assert_allclose(pairwise_iou(masks, chunk_bytes=chunk), expected, atol=1e-12)
+    masks = [rng.random((37, 53)) < p for p in (0.0, 0.1, 0.5, 0.9, 0.3, 0.0)]
+    np.testing.assert_allclose(iou_of(masks), naive_iou(masks), atol=1e-12)
+    assert iou_of(masks)[0, 5] == 1.0 and iou_of(masks)[0, 1] == 0.0  # two empty masks agree
+    assert iou_of([]).shape == (0, 0)
 
 
 def test_agreement_and_pyramid_ranks():
@@ -47,7 +51,7 @@ def make(masks, judge, order="random", seed=0):
 def test_cut_the_chase_skips_the_judge_when_masks_agree():
     masks = [box_mask(20, 20, 2, 2, 12, 12)] * 3 + [box_mask(20, 20, 2, 2, 12, 13)]
     judge = RuleJudge(masks[0])
-    sel = select([0, 1, 2, 3], pairwise_iou(masks), [0.1, 0.2, 0.3, 0.4], make(masks, judge), VerifierSettings())
+    sel = select([0, 1, 2, 3], iou_of(masks), [0.1, 0.2, 0.3, 0.4], make(masks, judge), VerifierSettings())
     assert sel.cut_the_chase and sel.judge_calls == 0 and judge.rate_calls == judge.duel_calls == 0
     assert sel.chosen == 3  # highest SigLIP2 score among agreeing masks
 
@@ -59,11 +63,11 @@ def test_tournament_prefers_the_judges_choice_and_counts_calls():
     judge = RuleJudge(ref)
     memo = make(masks, judge)
     s = VerifierSettings()
-    sel = select([0, 1, 2, 3], pairwise_iou(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
+    sel = select([0, 1, 2, 3], iou_of(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
     assert sel.chosen == 3
     # 4 pointwise ratings + duels against ranks 1 and 2 of the hybrid order, one call each
     assert sel.judge_calls == 4 + 2 and judge.rate_calls == 4 and judge.duel_calls == 2
-    again = select([0, 1, 2, 3], pairwise_iou(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
+    again = select([0, 1, 2, 3], iou_of(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
     assert again.chosen == 3 and again.judge_calls == 6 and judge.rate_calls == 4  # memo: asked once
 
 
@@ -74,7 +78,7 @@ def test_unusable_or_position_biased_verdicts_never_make_a_winner():
     settings = VerifierSettings(weight_vlm=0.0)  # hybrid order fixed by SigLIP2 + agreement
     for answer, order in ((None, "random"), ("A", "both"), ("B", "both")):
         judge = RuleJudge(ref, answer=answer)
-        sel = select([0, 1, 2], pairwise_iou(masks), siglip, make(masks, judge, order), settings)
+        sel = select([0, 1, 2], iou_of(masks), siglip, make(masks, judge, order), settings)
         assert sel.chosen == 1  # the hybrid leader keeps its place: no verdict, no win
         assert judge.duel_calls == (2 if order == "random" else 4)
 
@@ -84,7 +88,7 @@ def test_random_order_shows_the_incumbent_as_a_about_half_the_time():
     shown_first = 0
     for seed in range(200):
         judge = RuleJudge(masks[0], answer="A")
-        make(masks, judge, seed=seed).duel(0, 5)
+        make(masks, judge, seed=seed).duels([(0, 5)])
         shown_first += judge.duels_seen[0][0] is masks[0]
     assert 70 < shown_first < 130
 
@@ -94,7 +98,7 @@ def test_tournament_overturns_the_hybrid_leader_at_rank_four_only():
     masks = [box_mask(40, 40, 6 * i, 0, 6 * i + 5, 5) for i in range(4)] + [ref]
     settings = VerifierSettings(weight_vlm=0.0)
     siglip = [0.9, 0.8, 0.7, 0.6, 0.5]  # hybrid order 0, 1, 2, 3, 4: the judge's favourite is last
-    sel = select(list(range(5)), pairwise_iou(masks), siglip, make(masks, RuleJudge(ref)), settings)
+    sel = select(list(range(5)), iou_of(masks), siglip, make(masks, RuleJudge(ref)), settings)
     assert sel.chosen == 4  # met the winner at rank 4 and won
-    sel4 = select(list(range(4)) + [], pairwise_iou(masks[:4]), siglip[:4], make(masks[:4], RuleJudge(ref)), settings)
+    sel4 = select(list(range(4)) + [], iou_of(masks[:4]), siglip[:4], make(masks[:4], RuleJudge(ref)), settings)
     assert sel4.chosen != 4
