@@ -77,8 +77,10 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_pa
     start = time.monotonic()
     proc = torchrun({**env, "RESCUE_EVAL_FAULT": "1:3"}, 2, out, *dedicated(2), timeout=300)
     assert proc.returncode != 0 and time.monotonic() - start < 240
-    # torchrun names the rank that died; the surviving rank names what each rank hosted
-    assert "rank 1: executor" in proc.stderr and "rerun the same command to resume" in proc.stderr
+    # torchrun names the rank that died; the surviving rank names what it hosted, whether torchrun
+    # stopped it first (roles by rank) or its own call to the dead rank failed first
+    assert "rank 1: executor" in proc.stderr or "executor on rank 1 did not answer" in proc.stderr
+    assert "rerun the same command to resume" in proc.stderr.lower()
     written = records(out)
     assert 3 <= len(written) < 16  # what was written before the crash is kept
     ok(torchrun(env, 2, out, *dedicated(2)))
