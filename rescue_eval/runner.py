@@ -5,6 +5,7 @@ skipping samples already in the output directory, in batches of `run.parallel_re
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -186,9 +187,15 @@ def _run_rank(cfg: Config, out: Path, rank: int, world: int, local_rank: int, se
     progress = JobProgress(out, rank, world, total=len(ids), done=sum(i in finished for i in ids),
                            enabled=cfg.run.progress)
     fault = FaultInjection.from_env(out, rank)
+    # Models, libraries and the dataset index outlive the loop: keep the cyclic collector from
+    # walking them while it runs (a full collection walks ~0.5M objects: 150 ms on 2 cores)
+    gc.freeze()
     try:
-        stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
-                             cfg.run.parallel_requests, progress, fault, cfg.run.strict)
+        try:
+            stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
+                                 cfg.run.parallel_requests, progress, fault, cfg.run.strict)
+        finally:
+            gc.unfreeze()
         summary = metrics.compute()  # syncs the metric states of all ranks: waits for the slowest
         mine = {"roles": {name: s.stats() for name, s in servers.items()}, "new": len(todo), "stages": stage_totals}
         gathered = gather(mine, world)

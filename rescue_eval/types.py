@@ -59,7 +59,7 @@ def decode_image_bytes(data: bytes) -> Image.Image:
         image = ImageOps.exif_transpose(opened)  # a copy, so it outlives `opened`
     if image.mode.startswith("I;16"):
         image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # exif_transpose made a copy already
 
 
 @dataclass
