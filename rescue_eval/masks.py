@@ -82,7 +82,7 @@ def pairwise_iou(rles: list[dict]) -> np.ndarray:
         return np.zeros((0, 0))
     coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
     iou = np.asarray(coco_mask.iou(coco, coco, [0] * len(coco)), dtype=np.float64).reshape(len(coco), len(coco))
-    empty = coco_mask.area(coco) == 0
+    empty = np.diag(iou) == 0  # pycocotools gives 0 for 0/0; a non-empty mask has IoU 1 with itself
     iou[np.ix_(empty, empty)] = 1.0
     return iou
 

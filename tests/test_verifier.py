@@ -35,6 +35,17 @@ def test_pairwise_iou_on_rle_matches_naive_empty_masks_included():
     assert iou_of([]).shape == (0, 0)
 
 
+def test_pairwise_iou_on_rle_for_hundreds_of_candidates():
+    """N = 256 and more (pycocotools' area() overflows there, so it is not used)."""
+    rng = np.random.default_rng(1)
+    masks = [rng.random((6, 7)) < (0.4 if k % 37 else 0.0) for k in range(300)]
+    flat = np.stack([m.reshape(-1) for m in masks]).astype(np.float64)
+    inter = flat @ flat.T
+    union = flat.sum(1)[:, None] + flat.sum(1)[None, :] - inter
+    expected = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    np.testing.assert_allclose(iou_of(masks), expected, atol=1e-12)
+
+
 def test_agreement_and_pyramid_ranks():
     iou = np.array([[1, 0.5, 0.1], [0.5, 1, 0.3], [0.1, 0.3, 1.0]])
     np.testing.assert_allclose(agreement(iou), [0.3, 0.4, 0.2])
