@@ -1,9 +1,10 @@
 """Item 5: peak extra memory of the verifier's set-level computations for N candidates on
-1024x1024 masks: pairwise IoU and agreement, then for every N' of the sweep the hybrid scores
-and the pyramid tournament with its judge memo (what rescue.verify runs per sample). The judge
-is the synthetic one at zero cost. Measured with tracemalloc, which sees numpy's buffers; the
-masks and their RLEs (the input, which the record keeps anyway) are made before it starts and
-not counted."""
+1024x1024 masks: pairwise IoU (on the RLEs, one row at a time) and agreement within every
+prefix, then for every N' of the sweep the hybrid scores and the pyramid tournament with its
+judge memo (what rescue.verify runs per sample). The judge is the synthetic one at zero cost.
+Measured with tracemalloc, which sees numpy's buffers (pycocotools' own run buffers, O(runs),
+are malloc'd in C and not seen); the masks and their RLEs (the input, which the record keeps
+anyway) are made before it starts and not counted."""
 from __future__ import annotations
 
 import math
@@ -15,9 +16,9 @@ from PIL import Image
 from benchmarks import shapes
 from benchmarks.synthetic import Cost, SyntheticJudge
 from benchmarks.table import Row
-from rescue_eval.masks import encode_rle, pairwise_iou
+from rescue_eval.masks import encode_rle, iou_rows
 from rescue_eval.rescue import sweep_values
-from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select_sweep
+from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep
 
 COUNTS = (16, 64, 256)
 LIMIT_MB = 64
@@ -30,10 +31,11 @@ def peak_extra_mb(masks: list[np.ndarray]) -> float:
     rles = [encode_rle(m) for m in masks]  # the record's RLEs, which verify computes IoU on
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    iou = pairwise_iou(rles)
-    agreement(iou)
+    sizes = {n: n for n in sweep_values(len(masks))}
+    agree = PrefixAgreement(iou_rows(rles), [*sizes.values(), len(rles)])
+    agree.agreement(len(rles))
     memo = JudgeMemo(judge.rate, judge.duel, image, masks, "the query", 0, settings.duel_order)
-    select_sweep({n: list(range(n)) for n in sweep_values(len(masks))}, iou, siglip, memo, settings)
+    select_sweep(sizes, agree, siglip, memo, settings)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     return peak / 2 ** 20
@@ -43,9 +45,9 @@ def run(log) -> list[Row]:
     masks = shapes.blob_masks(max(COUNTS), seed=1)
     peaks = {n: peak_extra_mb(masks[:n]) for n in COUNTS}
     growth = math.log(peaks[COUNTS[-1]] / peaks[COUNTS[0]]) / math.log(COUNTS[-1] / COUNTS[0])
-    log("  peak extra MB by N: " + ", ".join(f"{n}: {p:.1f}" for n, p in peaks.items()) +
+    log("  peak extra MB by N: " + ", ".join(f"{n}: {p:.2f}" for n, p in peaks.items()) +
         f" (an N x H*W float32 matrix at N = 256 would be {256 * shapes.SIZE ** 2 * 4 / 2 ** 20:.0f} MB)")
-    rows = [Row("5", f"peak extra MB, N = {n}, 1024x1024", f"{p:.1f}",
+    rows = [Row("5", f"peak extra MB, N = {n}, 1024x1024", f"{p:.2f}",
                 f"<= {LIMIT_MB}" if n == COUNTS[-1] else "", p <= LIMIT_MB if n == COUNTS[-1] else None)
             for n, p in peaks.items()]
     rows.append(Row("5", f"growth exponent: log(peak {COUNTS[-1]} / peak {COUNTS[0]}) / log({COUNTS[-1]}/{COUNTS[0]})",

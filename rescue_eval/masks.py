@@ -7,6 +7,7 @@ and the candidates' pairwise IoU is computed on the RLE.
 from __future__ import annotations
 
 import weakref
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -74,17 +75,16 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
-def pairwise_iou(rles: list[dict]) -> np.ndarray:
-    """N x N IoU of masks given as RLE, computed on the runs by pycocotools without decoding
-    a mask: time and memory grow with N^2 and the runs, not with the pixels. Two empty masks
-    agree fully (1.0)."""
-    if not rles:
-        return np.zeros((0, 0))
+def iou_rows(rles: list[dict]) -> Iterator[np.ndarray]:
+    """The rows of the N x N IoU matrix of masks given as RLE, one at a time, computed on the
+    runs by pycocotools without decoding a mask. Two empty masks agree fully (1.0)."""
     coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
-    iou = np.asarray(coco_mask.iou(coco, coco, [0] * len(coco)), dtype=np.float64).reshape(len(coco), len(coco))
-    empty = np.diag(iou) == 0  # pycocotools gives 0 for 0/0; a non-empty mask has IoU 1 with itself
-    iou[np.ix_(empty, empty)] = 1.0
-    return iou
+    empty = np.array([coco_mask.area(c) == 0 for c in coco], dtype=bool)
+    for i, c in enumerate(coco):
+        row = np.asarray(coco_mask.iou([c], coco, [0] * len(coco)), dtype=np.float64).reshape(len(coco))
+        if empty[i]:
+            row[empty] = 1.0  # pycocotools gives 0 for 0/0
+        yield row
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rescue_eval.errors import FatalError
-from rescue_eval.masks import box_iou, encode_rle, intersection_union, mask_box, pairwise_iou, sample_iou
+from rescue_eval.masks import box_iou, encode_rle, intersection_union, iou_rows, mask_box, sample_iou
 from rescue_eval.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
-from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, select_sweep, stable_seed
+from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep, stable_seed
 
 
 @dataclass
@@ -191,11 +191,13 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     for choosing) and run the verifier for each N of the sweep on the first N hypotheses."""
     gt = w.sample.gt_mask
     rles = [encode_rle(m) for m in w.masks]  # free for masks that came over the wire
-    iou = pairwise_iou(rles)
-    agree = agreement(iou)
+    # candidates are in hypothesis order, so the first N hypotheses' candidates are a prefix
+    sizes = {n: sum(h.index < n for h in w.hypotheses) for n in settings.sweep}
+    agree = PrefixAgreement(iou_rows(rles), [*sizes.values(), len(rles)])
+    with_all = agree.agreement(len(rles))
     for p, (h, mask) in enumerate(zip(w.hypotheses, w.masks)):
         candidate = {"index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": rles[p],
-                     "siglip": w.siglip[p], "agreement": float(agree[p])}
+                     "siglip": w.siglip[p], "agreement": float(with_all[p])}
         if gt is not None:
             inter, union = intersection_union(mask, gt)
             candidate.update(intersection=inter, union=union, iou=sample_iou(inter, union))
@@ -204,8 +206,7 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     if roles.judge is not None and settings.verifier.mode == "comparative":
         memo = JudgeMemo(roles.judge.rate, roles.judge.duel, w.image, w.masks, w.sample.query,
                          stable_seed(settings.seed, w.sample.id, "judge"), settings.verifier.duel_order)
-    prefixes = {n: [p for p, h in enumerate(w.hypotheses) if h.index < n] for n in settings.sweep}
-    for n, sel in select_sweep(prefixes, iou, w.siglip, memo, settings.verifier).items():
+    for n, sel in select_sweep(sizes, agree, w.siglip, memo, settings.verifier).items():
         w.record["sweep"][str(n)] = {"chosen": sel.chosen, "cut_the_chase": sel.cut_the_chase,
                                      "judge_calls": sel.judge_calls, "hybrid": sel.hybrid}
     if memo is not None:

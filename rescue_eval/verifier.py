@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 
@@ -102,19 +102,27 @@ class JudgeMemo:
                              "tokens_in": a.tokens_in, "tokens_out": a.tokens_out})
 
 
-def agreement(iou: np.ndarray) -> np.ndarray:
-    """Mean IoU of each candidate with the others (1.0 for a lone candidate)."""
-    n = len(iou)
-    if n < 2:
-        return np.ones(n)
-    return (iou.sum(axis=1) - np.diag(iou)) / (n - 1)
+class PrefixAgreement:
+    """How well candidates agree (mask IoU) within the first k candidates of a sample, for each
+    k asked for (one per N of the sweep: the first N hypotheses). Built from the IoU matrix one
+    row at a time (masks.iou_rows), keeping per-prefix sums only: memory O(N x len(sizes)), never
+    N x N, let alone N x H x W."""
 
+    def __init__(self, iou_rows: Iterable[np.ndarray], sizes: Iterable[int]):
+        self._sums = {k: np.zeros(k) for k in set(sizes)}  # k -> IoU of each with the others among the first k
+        for i, row in enumerate(iou_rows):
+            totals = np.cumsum(row)
+            for k, sums in self._sums.items():
+                if i < k:
+                    sums[i] = totals[k - 1] - row[i]
 
-def mean_pairwise_iou(iou: np.ndarray) -> float:
-    n = len(iou)
-    if n < 2:
-        return 1.0
-    return float((iou.sum() - np.trace(iou)) / (n * (n - 1)))
+    def agreement(self, k: int) -> np.ndarray:
+        """Mean IoU of each of the first k candidates with the other k - 1 (1.0 for a lone one)."""
+        return self._sums[k] / (k - 1) if k > 1 else np.ones(k)
+
+    def mean_iou(self, k: int) -> float:
+        """Mean IoU over the pairs among the first k candidates (1.0 below two)."""
+        return float(self._sums[k].sum() / (k * (k - 1))) if k > 1 else 1.0
 
 
 def pyramid_order(n: int) -> list[int]:
@@ -126,43 +134,41 @@ def pyramid_order(n: int) -> list[int]:
     return ranks
 
 
-def needs_judge(positions: list[int], iou: np.ndarray, settings: VerifierSettings) -> bool:
-    """Whether choosing among these candidates asks the VLM (comparative mode, several
+def needs_judge(k: int, agree: PrefixAgreement, settings: VerifierSettings) -> bool:
+    """Whether choosing among the first k candidates asks the VLM (comparative mode, several
     candidates, and they do not already agree)."""
-    if settings.mode != "comparative" or len(positions) < 2:
-        return False
-    return mean_pairwise_iou(iou[np.ix_(positions, positions)]) <= settings.cut_the_chase
+    return settings.mode == "comparative" and k >= 2 and agree.mean_iou(k) <= settings.cut_the_chase
 
 
-def select(positions: list[int], iou: np.ndarray, siglip: list[float], judge: JudgeMemo | None,
+def select(k: int, agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo | None,
            settings: VerifierSettings) -> Selection:
-    """Choose among the candidates at `positions` (the first N of a sample) using only them."""
-    return select_sweep({len(positions): positions}, iou, siglip, judge, settings)[len(positions)]
+    """Choose among the first k candidates of a sample (those of the first N hypotheses) using only them."""
+    return select_sweep({k: k}, agree, siglip, judge, settings)[k]
 
 
-def select_sweep(candidates: dict[int, list[int]], iou: np.ndarray, siglip: list[float], judge: JudgeMemo | None,
+def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo | None,
                  settings: VerifierSettings) -> dict[int, Selection]:
-    """`select` for each candidate set of one sample (the first N, for every N of the sweep),
+    """`select` for every N of the sweep (`sizes`: N -> candidates among the first N hypotheses),
     each using only its own candidates. The judge is asked in as few calls as the sets allow:
     every rating at once, then each tournament round's duels of all sets at once."""
     selections, tournaments = {}, {}
     use_judge = settings.mode == "comparative" and judge is not None
     if use_judge:
-        judge.rate(sorted({p for ps in candidates.values() if needs_judge(ps, iou, settings) for p in ps}))
-    for n, positions in candidates.items():
-        if not positions:
+        judge.rate(list(range(max((k for k in sizes.values() if needs_judge(k, agree, settings)), default=0))))
+    for n, k in sizes.items():
+        positions = list(range(k))
+        if k == 0:
             selections[n] = Selection(None)
-        elif len(positions) == 1:
-            selections[n] = Selection(positions[0], hybrid=[1.0])
-        elif use_judge and needs_judge(positions, iou, settings):
-            tournaments[n] = _Tournament(positions, _judged_hybrid(positions, iou, siglip, judge, settings))
+        elif k == 1:
+            selections[n] = Selection(0, hybrid=[1.0])
+        elif use_judge and needs_judge(k, agree, settings):
+            tournaments[n] = _Tournament(positions, _judged_hybrid(k, agree, siglip, judge, settings))
         else:
-            sub = iou[np.ix_(positions, positions)]
-            sig = np.asarray([siglip[p] for p in positions], dtype=np.float64)
+            sig = np.asarray(siglip[:k], dtype=np.float64)
             w_s, w_a = settings.weight_siglip, settings.weight_agreement
-            hybrid = (w_s * sig + w_a * agreement(sub)) / max(w_s + w_a, 1e-12)
+            hybrid = (w_s * sig + w_a * agree.agreement(k)) / max(w_s + w_a, 1e-12)
             best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
-            selections[n] = Selection(positions[best], cut_the_chase=mean_pairwise_iou(sub) > settings.cut_the_chase,
+            selections[n] = Selection(best, cut_the_chase=agree.mean_iou(k) > settings.cut_the_chase,
                                       hybrid=hybrid.tolist())
     while live := [t for t in tournaments.values() if not t.done]:
         for t, result in zip(live, judge.duels([t.next_pair() for t in live])):
@@ -173,17 +179,16 @@ def select_sweep(candidates: dict[int, list[int]], iou: np.ndarray, siglip: list
     return dict(sorted(selections.items()))
 
 
-def _judged_hybrid(positions: list[int], iou: np.ndarray, siglip: list[float], judge: JudgeMemo,
+def _judged_hybrid(k: int, agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo,
                    settings: VerifierSettings) -> np.ndarray:
     """VLM rating, SigLIP2 and agreement, weighted; an unusable rating neither helps nor hurts."""
-    ratings = judge.rate(positions)
+    ratings = judge.rate(list(range(k)))
     known = [r for r in ratings if r is not None]
     neutral = float(np.mean(known)) if known else 0.0
     vlm = np.asarray([neutral if r is None else r for r in ratings], dtype=np.float64)
     w_v = settings.weight_vlm if known else 0.0
-    sig = np.asarray([siglip[p] for p in positions], dtype=np.float64)
-    agree = agreement(iou[np.ix_(positions, positions)])
-    return w_v * vlm + settings.weight_siglip * sig + settings.weight_agreement * agree
+    sig = np.asarray(siglip[:k], dtype=np.float64)
+    return w_v * vlm + settings.weight_siglip * sig + settings.weight_agreement * agree.agreement(k)
 
 
 class _Tournament:

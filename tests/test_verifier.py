@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from doubles import RuleJudge
-from rescue_eval.masks import encode_rle, pairwise_iou
-from rescue_eval.verifier import JudgeMemo, VerifierSettings, agreement, mean_pairwise_iou, pyramid_order, select
+from rescue_eval.masks import encode_rle, iou_rows
+from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, pyramid_order, select
 
 
 def box_mask(h, w, x1, y1, x2, y2):
@@ -24,19 +24,23 @@ def naive_iou(masks):
 
 
 def iou_of(masks):
-    return pairwise_iou([encode_rle(m) for m in masks])
+    return np.array(list(iou_rows([encode_rle(m) for m in masks])))
 
 
-def test_pairwise_iou_on_rle_matches_naive_empty_masks_included():
+def agree_of(masks):
+    return PrefixAgreement(iou_rows([encode_rle(m) for m in masks]), range(len(masks) + 1))
+
+
+def test_iou_rows_on_rle_match_naive_empty_masks_included():
     rng = np.random.default_rng(0)
     masks = [rng.random((37, 53)) < p for p in (0.0, 0.1, 0.5, 0.9, 0.3, 0.0)]
     np.testing.assert_allclose(iou_of(masks), naive_iou(masks), atol=1e-12)
     assert iou_of(masks)[0, 5] == 1.0 and iou_of(masks)[0, 1] == 0.0  # two empty masks agree
-    assert iou_of([]).shape == (0, 0)
+    assert list(iou_rows([])) == []
 
 
-def test_pairwise_iou_on_rle_for_hundreds_of_candidates():
-    """N = 256 and more (pycocotools' area() overflows there, so it is not used)."""
+def test_iou_rows_for_hundreds_of_candidates():
+    """N = 256 and more (pycocotools' area() of a list overflows at 256)."""
     rng = np.random.default_rng(1)
     masks = [rng.random((6, 7)) < (0.4 if k % 37 else 0.0) for k in range(300)]
     flat = np.stack([m.reshape(-1) for m in masks]).astype(np.float64)
@@ -46,12 +50,26 @@ def test_pairwise_iou_on_rle_for_hundreds_of_candidates():
     np.testing.assert_allclose(iou_of(masks), expected, atol=1e-12)
 
 
-def test_agreement_and_pyramid_ranks():
+def test_agreement_within_each_prefix_and_pyramid_ranks():
     iou = np.array([[1, 0.5, 0.1], [0.5, 1, 0.3], [0.1, 0.3, 1.0]])
-    np.testing.assert_allclose(agreement(iou), [0.3, 0.4, 0.2])
-    assert mean_pairwise_iou(iou) == pytest.approx(0.3)
+    agree = PrefixAgreement(iter(iou), [1, 2, 3])
+    np.testing.assert_allclose(agree.agreement(3), [0.3, 0.4, 0.2])
+    assert agree.mean_iou(3) == pytest.approx(0.3)
+    np.testing.assert_allclose(agree.agreement(2), [0.5, 0.5])  # the first two only
+    assert agree.mean_iou(2) == pytest.approx(0.5) and agree.mean_iou(1) == 1.0
+    np.testing.assert_allclose(agree.agreement(1), [1.0])
     assert pyramid_order(1) == [] and pyramid_order(2) == [1] and pyramid_order(8) == [1, 2, 4]
     assert pyramid_order(9) == [1, 2, 4, 8]
+
+
+def test_prefix_agreement_equals_agreement_on_the_prefix_alone():
+    rng = np.random.default_rng(2)
+    masks = [rng.random((9, 11)) < p for p in rng.uniform(0, 0.8, 12)]
+    full = agree_of(masks)
+    for k in range(2, 13):
+        sub = naive_iou(masks[:k])
+        np.testing.assert_allclose(full.agreement(k), (sub.sum(1) - 1) / (k - 1), atol=1e-12)
+        assert full.mean_iou(k) == pytest.approx((sub.sum() - k) / (k * (k - 1)), abs=1e-12)
 
 
 def make(masks, judge, order="random", seed=0):
@@ -62,7 +80,7 @@ def make(masks, judge, order="random", seed=0):
 def test_cut_the_chase_skips_the_judge_when_masks_agree():
     masks = [box_mask(20, 20, 2, 2, 12, 12)] * 3 + [box_mask(20, 20, 2, 2, 12, 13)]
     judge = RuleJudge(masks[0])
-    sel = select([0, 1, 2, 3], iou_of(masks), [0.1, 0.2, 0.3, 0.4], make(masks, judge), VerifierSettings())
+    sel = select(4, agree_of(masks), [0.1, 0.2, 0.3, 0.4], make(masks, judge), VerifierSettings())
     assert sel.cut_the_chase and sel.judge_calls == 0 and judge.rate_calls == judge.duel_calls == 0
     assert sel.chosen == 3  # highest SigLIP2 score among agreeing masks
 
@@ -74,11 +92,11 @@ def test_tournament_prefers_the_judges_choice_and_counts_calls():
     judge = RuleJudge(ref)
     memo = make(masks, judge)
     s = VerifierSettings()
-    sel = select([0, 1, 2, 3], iou_of(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
+    sel = select(4, agree_of(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
     assert sel.chosen == 3
     # 4 pointwise ratings + duels against ranks 1 and 2 of the hybrid order, one call each
     assert sel.judge_calls == 4 + 2 and judge.rate_calls == 4 and judge.duel_calls == 2
-    again = select([0, 1, 2, 3], iou_of(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
+    again = select(4, agree_of(masks), [0.9, 0.8, 0.7, 0.0], memo, s)
     assert again.chosen == 3 and again.judge_calls == 6 and judge.rate_calls == 4  # memo: asked once
 
 
@@ -89,7 +107,7 @@ def test_unusable_or_position_biased_verdicts_never_make_a_winner():
     settings = VerifierSettings(weight_vlm=0.0)  # hybrid order fixed by SigLIP2 + agreement
     for answer, order in ((None, "random"), ("A", "both"), ("B", "both")):
         judge = RuleJudge(ref, answer=answer)
-        sel = select([0, 1, 2], iou_of(masks), siglip, make(masks, judge, order), settings)
+        sel = select(3, agree_of(masks), siglip, make(masks, judge, order), settings)
         assert sel.chosen == 1  # the hybrid leader keeps its place: no verdict, no win
         assert judge.duel_calls == (2 if order == "random" else 4)
 
@@ -109,7 +127,7 @@ def test_tournament_overturns_the_hybrid_leader_at_rank_four_only():
     masks = [box_mask(40, 40, 6 * i, 0, 6 * i + 5, 5) for i in range(4)] + [ref]
     settings = VerifierSettings(weight_vlm=0.0)
     siglip = [0.9, 0.8, 0.7, 0.6, 0.5]  # hybrid order 0, 1, 2, 3, 4: the judge's favourite is last
-    sel = select(list(range(5)), iou_of(masks), siglip, make(masks, RuleJudge(ref)), settings)
+    sel = select(5, agree_of(masks), siglip, make(masks, RuleJudge(ref)), settings)
     assert sel.chosen == 4  # met the winner at rank 4 and won
-    sel4 = select(list(range(4)) + [], iou_of(masks[:4]), siglip[:4], make(masks[:4], RuleJudge(ref)), settings)
+    sel4 = select(4, agree_of(masks[:4]), siglip[:4], make(masks[:4], RuleJudge(ref)), settings)
     assert sel4.chosen != 4
