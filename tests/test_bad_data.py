@@ -303,8 +303,9 @@ def annotation_value(draw) -> dict:
         part = draw(st.sampled_from(["text", "is_sentence", "shapes", "label", "points", "point", "delete"]))
         if part == "delete":
             annotation.pop(draw(st.sampled_from(sorted(annotation))), None)
-        elif part in ("label", "points", "point") and isinstance(annotation.get("shapes"), list) and annotation["shapes"]:
-            shape = draw(st.sampled_from(annotation["shapes"]))
+        elif part in ("label", "points", "point") and isinstance(annotation.get("shapes"), list) and any(
+                isinstance(s, dict) for s in annotation["shapes"]):  # an earlier step may have made them junk
+            shape = draw(st.sampled_from([s for s in annotation["shapes"] if isinstance(s, dict)]))
             if part == "point" and isinstance(shape.get("points"), list) and shape["points"]:
                 shape["points"][draw(st.integers(0, len(shape["points"]) - 1))] = draw(junk)
             else:
