@@ -136,6 +136,8 @@ def steady_state(ticks: list[list], in_flight: int) -> dict:
 def ideal_bound(items_per_sample: dict, costs: dict, max_batch: dict, summary: dict) -> dict:
     capacity, how = {}, []
     for role, k in items_per_sample.items():
+        if k == 0 or role not in summary["roles"]:  # a role the run did not use cannot be its bottleneck
+            continue
         c, b = costs[role], max_batch[role]
         capacity[role] = b / c.of(b) / k
         how.append(f"{role}: {b} items per batch in {c.of(b) * 1e3:.0f} ms, {k:.2f} items/sample (steady window) -> "

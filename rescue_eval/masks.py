@@ -35,9 +35,9 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 def decode_rle(rle: dict) -> np.ndarray:
     """RLE -> bool HxW, read-only (encode_rle gives its RLE back without encoding it again)."""
-    # 0/1 bytes viewed as bool: no second copy (the uint8 array is referenced by this view only)
-    mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).view(bool)
-    mask.flags.writeable = False
+    owner = coco_mask.decode([{"size": rle["size"], "counts": rle["counts"].encode("ascii")}])  # h x w x 1
+    owner.flags.writeable = False  # then no view of it can be made writable again
+    mask = owner[:, :, 0].view(bool)  # 0/1 bytes viewed as bool: no second copy
     key = id(mask)
     # the entry goes when the array does, before its id can be reused
     _KNOWN_RLE[key] = (weakref.ref(mask, lambda _, key=key: _KNOWN_RLE.pop(key, None)), rle)

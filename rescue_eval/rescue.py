@@ -137,6 +137,7 @@ def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) 
             fail(w.record, "bad_input", w.sample.error)
 
     def store_hypotheses(w: _Work, hs: list[Hypothesis]) -> None:
+        hs = sorted(hs, key=lambda h: h.index)  # the protocol's order, which prefixes rely on
         remove_duplicates(hs, settings.dedup_iou)
         w.hypotheses = [h for h in hs if h.status == "ok"]
         if not w.hypotheses:

@@ -211,7 +211,7 @@ def host(server: RoleServer) -> None:
 
 
 @rpc.functions.async_execution
-def _serve(role: str, method: str, packed: list) -> torch.futures.Future:
+def _serve(role: str, method: str, packed: bytes) -> torch.futures.Future:
     result = torch.futures.Future()
     try:
         items = unpack(packed, _DECODED)
@@ -220,8 +220,11 @@ def _serve(role: str, method: str, packed: list) -> torch.futures.Future:
         return result
 
     def done(future):
-        exc = future.exception()
-        result.set_result(("error", f"{type(exc).__name__}: {exc}") if exc else ("ok", pack(future.result())))
+        try:  # whatever fails here must still answer: torch would swallow it and the caller wait out the timeout
+            answer = ("ok", pack(future.result()))
+        except Exception as exc:  # noqa: BLE001 - the backend's error, or an answer that cannot be packed
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        result.set_result(answer)
 
     _SERVERS[role].submit(method, items).add_done_callback(done)
     return result

@@ -59,6 +59,8 @@ class JudgeMemo:
         missing = [p for p in positions if p not in self.ratings]
         if missing:
             answers = self._rate([RateItem(self.image, self.masks[p], self.query) for p in missing])
+            if len(answers) != len(missing):
+                raise RuntimeError(f"the judge gave {len(answers)} ratings for {len(missing)} masks")
             for p, a in zip(missing, answers):
                 value = a.value if isinstance(a.value, (int, float)) else None
                 self.ratings[p] = value

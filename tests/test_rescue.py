@@ -57,6 +57,19 @@ def test_first_n_of_a_big_run_equal_a_small_run(mode):
         assert small["iou"] == big["sweep"][str(n)]["iou"]
 
 
+def test_hypotheses_out_of_order_are_put_back_in_index_order():
+    """The sweep's first N hypotheses must be the planner's first N, whatever order it answers in."""
+    class ReversedPlanner(ScriptedPlanner):
+        def propose(self, batch):
+            return [hs[::-1] for hs in super().propose(batch)]
+
+    in_order = search_batch([sample(0)], roles(), settings(8))[0]
+    shuffled = roles()
+    shuffled.planner = ReversedPlanner({"q": BOXES})
+    reversed_rec = search_batch([sample(0)], shuffled, settings(8))[0]
+    assert reversed_rec["sweep"] == in_order["sweep"] and reversed_rec["hypotheses"] == in_order["hypotheses"]
+
+
 def test_record_contents_and_duplicates():
     rec = search_batch([sample(0)], roles(), settings(8))[0]
     statuses = [h["status"] for h in rec["hypotheses"]]

@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 from rescue_eval import masks as masks_mod
+from rescue_eval import transport
+from rescue_eval.serving import RoleServer
 from rescue_eval.transport import DecodedCache, ImageNotCached, pack, unpack
 from rescue_eval.types import DuelItem, JudgeAnswer, Sample, ScoreItem
 
@@ -61,6 +63,25 @@ def test_a_mask_is_encoded_once_per_process_and_decoded_once_per_host(monkeypatc
     assert masks_mod.encode_rle(received[0]) == masks_mod.encode_rle(masks[0]) and len(encodes) == 1
     with pytest.raises(ValueError):
         received[0][0, 0] = True  # read-only, so the kept RLE cannot go stale
+    with pytest.raises(ValueError):
+        received[0].flags.writeable = True  # and it stays so
+
+
+def test_an_answer_that_cannot_be_packed_comes_back_as_that_requests_error():
+    """Packing happens in a callback whose exceptions torch would swallow (the caller would wait
+    for the RPC timeout): the host answers with the error instead."""
+    class UnpicklableScorer:
+        def score(self, batch):
+            return [[lambda: None] for _ in batch]
+
+    server = RoleServer("unpicklable", UnpicklableScorer(), max_wait_s=0)
+    transport.host(server)
+    try:
+        image, _ = sample_image()
+        status, message = transport._serve("unpicklable", "score", pack([ScoreItem(image, [], "q")])).wait()
+    finally:
+        server.close()
+    assert status == "error" and "pickle" in message.lower()
 
 
 def test_the_mask_cache_keeps_to_its_byte_budget():

@@ -131,3 +131,19 @@ def test_tournament_overturns_the_hybrid_leader_at_rank_four_only():
     assert sel.chosen == 4  # met the winner at rank 4 and won
     sel4 = select(4, agree_of(masks[:4]), siglip[:4], make(masks[:4], RuleJudge(ref)), settings)
     assert sel4.chosen != 4
+
+
+def test_a_judge_that_answers_too_few_ratings_or_duels_is_an_error():
+    masks = [box_mask(10, 10, 0, 0, 3 + i, 3) for i in range(3)]
+
+    class ShortJudge(RuleJudge):
+        def rate(self, batch):
+            return super().rate(batch)[:-1]
+
+        def duel(self, batch):
+            return super().duel(batch)[:-1]
+
+    with pytest.raises(RuntimeError, match="2 ratings for 3 masks"):
+        make(masks, ShortJudge(masks[0])).rate([0, 1, 2])
+    with pytest.raises(RuntimeError, match="0 verdicts for 1 duels"):
+        make(masks, ShortJudge(masks[0])).duels([(0, 1)])
