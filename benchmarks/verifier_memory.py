@@ -23,6 +23,9 @@ from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, s
 
 COUNTS = (16, 64, 256)
 LIMIT_MB = 64
+# Linear growth measures 1.00 +- 0.02 here (allocator granularity, the masks' RLE sizes);
+# N log N would be 1.25 and N^2 would be 2
+LINEAR = 1.05
 
 
 def peak_extra_mb(masks: list[np.ndarray]) -> float:
@@ -53,5 +56,5 @@ def run(log) -> list[Row]:
                 f"<= {LIMIT_MB}" if n == COUNTS[-1] else "", p <= LIMIT_MB if n == COUNTS[-1] else None)
             for n, p in peaks.items()]
     rows.append(Row("5", f"growth exponent: log(peak {COUNTS[-1]} / peak {COUNTS[0]}) / log({COUNTS[-1]}/{COUNTS[0]})",
-                    f"{growth:.2f}", "<= 1 (linear)", growth <= 1))
+                    f"{growth:.2f}", f"<= {LINEAR} (linear)", growth <= LINEAR))
     return rows

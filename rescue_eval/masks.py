@@ -75,16 +75,18 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
-def iou_rows(rles: list[dict]) -> Iterator[np.ndarray]:
-    """The rows of the N x N IoU matrix of masks given as RLE, one at a time, computed on the
-    runs by pycocotools without decoding a mask. Two empty masks agree fully (1.0)."""
+def iou_rows(rles: list[dict], rows_per_call: int = 16) -> Iterator[np.ndarray]:
+    """The rows of the N x N IoU matrix of masks given as RLE, computed on the runs by
+    pycocotools without decoding a mask, `rows_per_call` rows per call (each call parses every
+    RLE again): memory O(rows_per_call x N). Two empty masks agree fully (1.0)."""
     coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
     empty = np.array([coco_mask.area(c) == 0 for c in coco], dtype=bool)
-    for i, c in enumerate(coco):
-        row = np.asarray(coco_mask.iou([c], coco, [0] * len(coco)), dtype=np.float64).reshape(len(coco))
-        if empty[i]:
-            row[empty] = 1.0  # pycocotools gives 0 for 0/0
-        yield row
+    for start in range(0, len(coco), rows_per_call):
+        rows = np.asarray(coco_mask.iou(coco[start:start + rows_per_call], coco, [0] * len(coco)), dtype=np.float64)
+        for i, row in enumerate(rows.reshape(-1, len(coco)), start=start):
+            if empty[i]:
+                row[empty] = 1.0  # pycocotools gives 0 for 0/0
+            yield row
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45,
