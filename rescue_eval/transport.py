@@ -3,11 +3,12 @@
 TensorPipe is in maintenance mode upstream; everything RPC-specific stays here so another
 transport can replace it behind `RemoteRole` and `serve`.
 
-On the wire: images as their original encoded bytes, sent once per role host and sample
-(the host keeps the decoded image in a small cache and asks again if it was evicted); masks as
-COCO RLE (lossless), encoded once per process and decoded once per host (`DecodedCache`). A backend error travels back as a value and is raised on the caller as a
-RoleCallError (scored as that sample's failure); an RPC failure (a rank gone, a timeout) is a
-TransportError, which stops the job instead of being recorded as a failed sample.
+On the wire: a pickle in which images are their original encoded bytes, sent once per role
+host and sample (the host keeps the decoded image in a small cache and asks again if it was
+evicted), and masks are COCO RLE (lossless), encoded once per process and decoded once per
+host (`DecodedCache`). A backend error travels back as a value and is raised on the caller as
+a RoleCallError (scored as that sample's failure); an RPC failure (a rank gone, a timeout) is
+a TransportError, which stops the job instead of being recorded as a failed sample.
 """
 from __future__ import annotations
 
@@ -158,8 +159,8 @@ def _encode_png(image: Image.Image) -> tuple[str, bytes]:
 class DecodedCache:
     """What a role host has decoded, least recently used dropped first: images by key (the
     sender leaves out the bytes of those it sent before, and sends them again if asked) and
-    masks by their RLE (a sample's masks arrive again for ratings and duels). Both are
-    read-only once decoded, so requests share them."""
+    masks by their RLE (a sample's masks arrive again for ratings and duels). Requests share
+    them: the masks are read-only, and no backend changes an image."""
 
     def __init__(self, images: int = 256, mask_bytes: int = 512 << 20):
         self.image_capacity, self.mask_capacity = images, mask_bytes
