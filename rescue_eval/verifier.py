@@ -142,29 +142,23 @@ def needs_judge(k: int, agree: PrefixAgreement, settings: VerifierSettings) -> b
     return settings.mode == "comparative" and k >= 2 and agree.mean_iou(k) <= settings.cut_the_chase
 
 
-def select(k: int, agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo | None,
-           settings: VerifierSettings) -> Selection:
-    """Choose among the first k candidates of a sample (those of the first N hypotheses) using only them."""
-    return select_sweep({k: k}, agree, siglip, judge, settings)[k]
-
-
 def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo | None,
                  settings: VerifierSettings) -> dict[int, Selection]:
-    """`select` for every N of the sweep (`sizes`: N -> candidates among the first N hypotheses),
-    each using only its own candidates. The judge is asked in as few calls as the sets allow:
-    every rating at once, then each tournament round's duels of all sets at once."""
+    """Choose for every N of the sweep (`sizes`: N -> candidates among the first N hypotheses,
+    always the first k of the sample's list), each using only its own candidates. The judge is
+    asked in as few calls as the sets allow: every rating at once, then each tournament round's
+    duels of all sets at once."""
+    judged = {n: judge is not None and needs_judge(k, agree, settings) for n, k in sizes.items()}
+    if any(judged.values()):
+        judge.rate(list(range(max(k for n, k in sizes.items() if judged[n]))))
     selections, tournaments = {}, {}
-    use_judge = settings.mode == "comparative" and judge is not None
-    if use_judge:
-        judge.rate(list(range(max((k for k in sizes.values() if needs_judge(k, agree, settings)), default=0))))
     for n, k in sizes.items():
-        positions = list(range(k))
         if k == 0:
             selections[n] = Selection(None)
         elif k == 1:
             selections[n] = Selection(0, hybrid=[1.0])
-        elif use_judge and needs_judge(k, agree, settings):
-            tournaments[n] = _Tournament(positions, _judged_hybrid(k, agree, siglip, judge, settings))
+        elif judged[n]:
+            tournaments[n] = _Tournament(_judged_hybrid(k, agree, siglip, judge, settings))
         else:
             sig = np.asarray(siglip[:k], dtype=np.float64)
             w_s, w_a = settings.weight_siglip, settings.weight_agreement
@@ -176,8 +170,8 @@ def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[flo
         for t, result in zip(live, judge.duels([t.next_pair() for t in live])):
             t.play(result)
     for n, t in tournaments.items():
-        calls = len(t.positions) + len(t.challengers) * judge.duel_calls()
-        selections[n] = Selection(t.positions[t.winner], judge_calls=calls, hybrid=t.hybrid.tolist())
+        calls = len(t.hybrid) + len(t.challengers) * judge.duel_calls()
+        selections[n] = Selection(t.winner, judge_calls=calls, hybrid=t.hybrid.tolist())
     return dict(sorted(selections.items()))
 
 
@@ -194,25 +188,26 @@ def _judged_hybrid(k: int, agree: PrefixAgreement, siglip: list[float], judge: J
 
 
 class _Tournament:
-    """The pyramid: the hybrid leader so far meets the candidates at hybrid ranks 1, 2, 4, 8, ..."""
+    """The pyramid over candidates 0..k-1: the hybrid leader so far meets the candidates at
+    hybrid ranks 1, 2, 4, 8, ..."""
 
-    def __init__(self, positions: list[int], hybrid: np.ndarray):
-        self.positions, self.hybrid = positions, hybrid
-        self.order = sorted(range(len(positions)), key=lambda k: (-hybrid[k], k))
-        self.challengers = [self.order[rank] for rank in pyramid_order(len(positions))]
-        self.winner, self.round = self.order[0], 0
+    def __init__(self, hybrid: np.ndarray):
+        self.hybrid = hybrid
+        order = sorted(range(len(hybrid)), key=lambda i: (-hybrid[i], i))
+        self.challengers = [order[rank] for rank in pyramid_order(len(hybrid))]
+        self.winner, self.round = order[0], 0
 
     @property
     def done(self) -> bool:
         return self.round == len(self.challengers)
 
     def next_pair(self) -> tuple[int, int]:
-        return self.positions[self.winner], self.positions[self.challengers[self.round]]
+        return self.winner, self.challengers[self.round]
 
     def play(self, result: int | None) -> None:
         challenger = self.challengers[self.round]
         if result is None:  # no usable verdict: the hybrid score decides, no one "wins" by default
             self.winner = self.winner if self.hybrid[self.winner] >= self.hybrid[challenger] else challenger
         else:
-            self.winner = self.positions.index(result)
+            self.winner = result
         self.round += 1

@@ -4,7 +4,7 @@ from PIL import Image
 
 from doubles import RuleJudge
 from rescue_eval.masks import encode_rle, iou_rows
-from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, pyramid_order, select
+from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, pyramid_order, select_sweep
 
 
 def box_mask(h, w, x1, y1, x2, y2):
@@ -25,6 +25,11 @@ def naive_iou(masks):
 
 def iou_of(masks):
     return np.array(list(iou_rows([encode_rle(m) for m in masks])))
+
+
+def select(k, agree, siglip, judge, settings):
+    """The choice among the first k candidates alone (one N of a sweep)."""
+    return select_sweep({k: k}, agree, siglip, judge, settings)[k]
 
 
 def agree_of(masks):
