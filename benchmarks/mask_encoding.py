@@ -12,8 +12,8 @@ from torch.distributed.rpc.internal import _internal_rpc_pickler
 
 from benchmarks import shapes
 from benchmarks.table import Row
-from rescue_eval.masks import decode_rle, encode_rle
-from rescue_eval.transport import pack
+from rescue_eval.core.masks import decode_rle, encode_rle
+from rescue_eval.dist.wire import pack
 
 
 def _median_ms(fn, args: list, repeats: int) -> float:

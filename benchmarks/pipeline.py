@@ -19,7 +19,7 @@ time per sample.
 The sequential loop is how lmms-eval and VLMEvalKit run: one sample at a time, stage after
 stage, every call at batch 1, over one copy of each role: the same devices as the dedicated
 layout, so the comparison is fair in hardware. It calls the same synthetic backends directly
-through the harness's own search code (`rescue.search_batch`, one sample), so the per-sample
+through the harness's own search code (`core.search.search_sample`), so the per-sample
 call pattern (1 plan, 1 segment, 1 score, the judge's ratings and duels) is the harness's.
 Its time per sample is the sum of the stages (S), the pipeline's is the bottleneck's (B): the
 speed-up should approach S / B.
@@ -61,7 +61,7 @@ def make_dataset(root: Path, samples: int, image_size: int = 0) -> list[str]:
     handles, are at image size); returns the data arguments."""
     from PIL import Image
 
-    from datamodules.demo import ensure_demo_set
+    from rescue_eval.datamodules.demo import ensure_demo_set
 
     demo = sorted((ensure_demo_set() / "val").glob("*.jpg"))
     split = root / "val"
@@ -150,16 +150,19 @@ def ideal_bound(items_per_sample: dict, costs: dict, max_batch: dict, summary: d
 
 def sequential_run(costs: dict, data_args: list[str], samples: int) -> dict:
     """The lmms-eval / VLMEvalKit loop over one copy of each synthetic role."""
-    from rescue_eval import config, runner
-    from rescue_eval.rescue import Roles, search_batch
+    from rescue_eval import config, outdir
+    from rescue_eval.core.search import Roles, search_sample
 
     backends = {role: cls(costs[role]) for role, cls in synthetic.SYNTHETIC_CLASSES.items()}
     roles = Roles(**backends)
     cfg, _ = config.parse(["--output", "unused", *data_args])
-    settings, dataset = runner.settings_of(cfg), runner.build_data(cfg).dataset
+    dm = outdir.datamodule_of(cfg)
+    dm.prepare_data()
+    dm.setup("predict")
+    settings, dataset = outdir.settings_of(cfg), dm.dataset
     start = time.perf_counter()
     for i in range(samples):
-        search_batch([dataset[i]], roles, settings)
+        search_sample(dataset[i], roles, settings)
     wall = time.perf_counter() - start
     return {"samples_per_s": samples / wall, "stages_s": sum(b.slept_s for b in backends.values()) / samples}
 

@@ -3,7 +3,7 @@
     python -m torch.distributed.run ... -m benchmarks.pipeline_worker COSTS TIMELINE_DIR -- RUN_ARGS
 
 Every rank installs the synthetic backends (benchmarks/synthetic.py) in place of the transformers
-adapters, then calls `rescue_eval.runner.run` exactly as `rescue-eval run RUN_ARGS` would. A
+adapters, then calls `rescue_eval.job.run` exactly as `rescue-eval run RUN_ARGS` would. A
 sampler thread records, every TICK_S, this rank's finished samples (lines of its JSONL file, as
 the harness writes them) and the CPU time its threads have spent, by what they do (models only
 sleep, so this is the harness's own work). The ticks go to TIMELINE_DIR/rank-R.json.
@@ -82,13 +82,13 @@ def main(argv: list[str]) -> None:
     if rank == 0:
         print(line, flush=True)
 
-    from rescue_eval import config, runner
+    from rescue_eval import config, job
 
-    cfg, out = config.parse(run_args)
+    cfg, out = config.parse([*run_args, *synthetic.backend_args()])
     sampler = Sampler(out / "results" / f"rank-{rank}.jsonl")
     sampler.start()
     try:
-        runner.run(cfg, out)
+        job.run(cfg, out)
     finally:
         sampler.stop.set()
         sampler.join()

@@ -17,16 +17,17 @@ SIZE = 1024
 
 def demo_gt_masks() -> list[np.ndarray]:
     """The demo set's target masks (320x240), read through the harness's ReasonSeg reader."""
-    from datamodules import build_datamodule
+    from rescue_eval.datamodules import build_datamodule
 
     dm = build_datamodule("demo")
-    dm.setup()
-    return [dm.dataset[i].gt_mask == 1 for i in range(len(dm.ids))]
+    dm.prepare_data()
+    dm.setup("predict")
+    return [dm.dataset[i].gt_mask == 1 for i in range(len(dm.dataset))]
 
 
 def demo_polygon_masks(size: int = SIZE) -> list[np.ndarray]:
     """Every polygon of the demo annotations, scaled from 320x240 to size x size, one mask each."""
-    from datamodules.demo import HEIGHT, WIDTH, ensure_demo_set
+    from rescue_eval.datamodules.demo import HEIGHT, WIDTH, ensure_demo_set
 
     masks = []
     for path in sorted((ensure_demo_set() / "val").glob("*.json")):

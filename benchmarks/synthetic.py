@@ -7,8 +7,9 @@ image's size, and scores and verdicts derived from mask areas. Their CPU time is
 (`backend_cpu_s`) so that the benchmark can subtract it from a rank's CPU time and keep only
 the harness's own.
 
-`install` swaps these classes into `models.ADAPTERS` in the calling process, so the harness
-builds them through its real code path (role servers, micro-batching, RPC, JSONL, metrics).
+`install` registers these classes as the `synthetic` backend of each role in the calling process
+(`backend_args` chooses them), so the harness builds them through its real code path (role
+servers, micro-batching, RPC, JSONL, metrics).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.vlm_requests import hypothesis_seed
-from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem, ScoreItem, SegmentItem
+from rescue_eval.models.vlm_requests import hypothesis_seed
+from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem, ScoreItem, SegmentItem
 
 # Milliseconds per batch + per item, in the proportions of the real roles on a GPU: the planner
 # generates N boxes per item and the judge answers one rating or one duel per item (both VLM
@@ -59,16 +60,22 @@ _cpu_lock = threading.Lock()
 
 
 def install(costs: dict[str, Cost]) -> str:
-    """Make the harness build the synthetic backends (in this process) instead of the
-    transformers adapters, the config's default backend. Returns a line saying so."""
-    import models
+    """Register the synthetic backends (in this process, before the config is read) as each
+    role's `synthetic` backend. Returns a line saying so."""
+    from rescue_eval.models import BACKENDS
 
     global COSTS
     COSTS = costs
     for role, cls in SYNTHETIC_CLASSES.items():
-        models.ADAPTERS[(role, "transformers")] = f"benchmarks.synthetic:{cls.__name__}"
+        if "synthetic" not in BACKENDS[role]:
+            BACKENDS[role].register("synthetic", f"benchmarks.synthetic:{cls.__name__}")
     return f"synthetic backends (sleep only, {format_costs(costs)} ms): " + ", ".join(
         f"{role} -> benchmarks.synthetic.{cls.__name__}" for role, cls in SYNTHETIC_CLASSES.items())
+
+
+def backend_args() -> list[str]:
+    """The run options that choose the synthetic backends (after `install`)."""
+    return [arg for role in SYNTHETIC_CLASSES for arg in (f"--{role}.backend", "synthetic")]
 
 
 def backend_cpu_s() -> float:

@@ -17,9 +17,9 @@ from PIL import Image
 from benchmarks import shapes
 from benchmarks.synthetic import Cost, SyntheticJudge
 from benchmarks.table import Row
-from rescue_eval.masks import encode_rle, iou_rows
-from rescue_eval.rescue import sweep_values
-from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep
+from rescue_eval.core.masks import encode_rle, iou_rows
+from rescue_eval.core.search import sweep_values
+from rescue_eval.core.selection import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep
 
 COUNTS = (16, 64, 256)
 LIMIT_MB = 64

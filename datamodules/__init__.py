@@ -1,27 +1,20 @@
-"""LightningDataModules that yield `rescue_eval.types.Sample`s: ReasonSeg (LISA's folder
-format and Seg-Zero's parquet) and the embedded demo set."""
+"""Datasets (installed as `rescue_eval.datamodules`): LightningDataModules whose `setup` gives a
+`dataset` implementing `rescue_eval.core.protocols.Dataset`, registered below under the name
+that `data.name` chooses.
+
+Adding a dataset: one module with its DataModule (`prepare_data`, `setup` -> `self.dataset`),
+and one `register` line here.
+"""
 from __future__ import annotations
 
-import functools
+from rescue_eval.core.registry import Registry
 
-import lightning as L
-
-from datamodules.demo import DemoDataModule
-from datamodules.reasonseg import ReasonSegDataModule
-from rescue_eval.errors import UsageError
-
-DATAMODULES = {
-    "demo": DemoDataModule,
-    "reasonseg": functools.partial(ReasonSegDataModule, format="folder"),
-    "reasonseg_parquet": functools.partial(ReasonSegDataModule, format="parquet"),
-}
+DATASETS = Registry("dataset", "data.name")
+DATASETS.register("demo", "rescue_eval.datamodules.demo:DemoDataModule")
+DATASETS.register("reasonseg", "rescue_eval.datamodules.reasonseg:ReasonSegDataModule")
+DATASETS.register("reasonseg_parquet", "rescue_eval.datamodules.reasonseg_parquet:ReasonSegParquetDataModule")
 
 
-def build_datamodule(name: str, **kwargs) -> L.LightningDataModule:
-    """The data module registered under `name`, built with `kwargs` (e.g. root, split, fraction)."""
-    if name not in DATAMODULES:
-        raise UsageError(f"unknown data module {name!r}: choose one of {sorted(DATAMODULES)}.")
-    return DATAMODULES[name](**kwargs)
-
-
-__all__ = ["DATAMODULES", "DemoDataModule", "ReasonSegDataModule", "build_datamodule"]
+def build_datamodule(name: str, **kwargs):
+    """The data module registered under `name`, built with `kwargs` (root, split, fraction, ...)."""
+    return DATASETS.get(name)(**kwargs)

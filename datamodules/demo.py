@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datamodules.reasonseg import ReasonSegDataModule
-from rescue_eval.cache import build_once, cache_root
-from rescue_eval.errors import UsageError
+from rescue_eval.datamodules.reasonseg import ReasonSegDataModule
+from rescue_eval.core.cache import build_once, cache_root
+from rescue_eval.core.errors import UsageError
 
 DEMO_NAME = "demo-v1"  # bump when the generator changes, so old caches are not reused
 NUM_SCENES = 16
@@ -158,15 +158,19 @@ class DemoDataModule(ReasonSegDataModule):
     """The demo set, read through the ReasonSeg folder reader (so the demo exercises it).
 
     `root` (optional) is where to generate and read it instead of the cache; it has one split, val.
+    `prepare_data` generates it (rank 0, before the others read it).
     """
 
     def __init__(self, root: str | None = None, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
         if split != "val":
             raise UsageError(f"the demo set has only the split 'val', got {split!r}: set --data.split val.")
-        super().__init__(root="", split=split, format="folder", fraction=fraction, fraction_seed=fraction_seed)
+        super().__init__(root="", split=split, fraction=fraction, fraction_seed=fraction_seed)
         self.demo_root = root
+
+    def prepare_data(self) -> None:
+        ensure_demo_set(self.demo_root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:  # resolve the cache now, not at construction: the environment may change
-            self.root = str(ensure_demo_set(self.demo_root))
+            self.root = str(ensure_demo_set(self.demo_root))  # already there after prepare_data
         super().setup(stage)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from rescue_eval.types import decode_image_bytes
+from rescue_eval.core.types import decode_image_bytes
 
 
 class RowError(Exception):

@@ -1,4 +1,4 @@
-"""ReasonSeg: LISA's folder format, Seg-Zero's parquet format, and the DataModule over both.
+"""ReasonSeg in LISA's folder format, and the DataModule that the parquet format (reasonseg_parquet.py) shares.
 
 Rows are read lazily in `__getitem__`, because the distributed runner reads only its own
 strided shard. A row that cannot be read never raises and is never dropped: it becomes a Sample
@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import lightning as L
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.images import RowError, decode_checked, describe, read_inside, real_folder
-from rescue_eval.errors import UsageError
-from rescue_eval.types import IGNORE, Sample
+from rescue_eval.datamodules.images import RowError, decode_checked, describe, read_inside, real_folder
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.types import IGNORE, Sample
 
-PARQUET_COLUMNS = ("image", "text", "mask", "image_id", "ann_id")
 LISA_KEYS = ("text", "is_sentence", "shapes")
 Polygon = tuple[int, int, np.ndarray]  # (index among the shapes, label value 1 or IGNORE, int32 points)
 
@@ -151,6 +146,8 @@ class ReasonSegFolderDataset(Dataset):
     followed), so a linked root or split folder works, a link out of it is refused.
     """
 
+    subsets = ["short", "long"]
+
     def __init__(self, root: str | Path, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
         root = Path(root)
         if not root.is_dir():
@@ -194,154 +191,29 @@ class ReasonSegFolderDataset(Dataset):
         return sample
 
 
-def _parquet_files(root: Path, split: str) -> list[Path]:
-    """`root` is one .parquet file, or a folder (or its `split` subfolder) of them, searched recursively."""
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise UsageError(f"ReasonSeg parquet path {root} does not exist: set --data.root to a .parquet file or a folder of them (e.g. Seg-Zero's ReasonSeg_val).")
-    folder = root / split if (root / split).is_dir() else root
-    files = sorted(folder.rglob("*.parquet"))
-    if not files:
-        raise UsageError(f"No *.parquet files under {folder}: set --data.root to a .parquet file or a folder of them.")
-    return files
-
-
-class ReasonSegParquetDataset(Dataset):
-    """Seg-Zero's ReasonSeg_val / ReasonSeg_test parquet: one row per query, rows in file order.
-
-    Id = str(image_id) when image ids are unique over the whole split, else f"{image_id}_{ann_id}"
-    for every row; decided before `fraction`, so an id names the same row whatever the fraction.
-    gt = mask as 0/1: these masks were made with astype(bool) on {0, 1, 255}, so LISA's ignore
-    pixels are foreground here (meta["ignore_as_foreground"]); there are no subsets.
-    An `image` cell is the encoded bytes or HF datasets' {"bytes", "path"}; without bytes, the
-    file at `path` (relative to the parquet file) is read, only inside the data root.
-    """
-
-    def __init__(self, root: str | Path, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
-        self.files = _parquet_files(Path(root), split)
-        self.boundary = real_folder(Path(root) if Path(root).is_dir() else Path(root).parent)
-        image_ids, ann_ids, locations = [], [], []  # locations: (file, row group, row in group)
-        for file_index, path in enumerate(self.files):
-            try:
-                parquet = pq.ParquetFile(path)
-                missing = [c for c in PARQUET_COLUMNS if c not in parquet.schema_arrow.names]
-                groups = [parquet.read_row_group(g, columns=["image_id", "ann_id"]) for g in range(parquet.num_row_groups)]
-            except (OSError, pa.ArrowException) as exc:  # no footer: its rows cannot even be counted
-                raise UsageError(f"{path} is not a readable parquet file ({describe(exc)}): re-download it or remove it from --data.root.") from exc
-            if missing:
-                raise UsageError(f"{path} lacks columns {missing}: expected Seg-Zero's ReasonSeg parquet ({', '.join(PARQUET_COLUMNS)}).")
-            for group, table in enumerate(groups):
-                image_ids += table.column("image_id").to_pylist()
-                ann_ids += table.column("ann_id").to_pylist()
-                locations += [(file_index, group, row) for row in range(table.num_rows)]
-        ids = [str(image_id) for image_id in image_ids]
-        if len(set(ids)) < len(ids):
-            ids = [f"{image_id}_{ann_id}" for image_id, ann_id in zip(image_ids, ann_ids)]
-        if len(set(ids)) < len(ids):
-            raise UsageError(f"{root}: (image_id, ann_id) pairs are not unique, so rows cannot be told apart; remove the duplicate rows.")
-        keep = select_fraction(len(ids), fraction, fraction_seed)
-        self.ids = [ids[i] for i in keep]
-        self.locations = [locations[i] for i in keep]
-        self._cached_group: tuple[tuple[int, int], pa.Table] | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _row_group(self, file_index: int, group: int) -> pa.Table:
-        # A strided shard walks the rows in order: keeping the last row group read avoids
-        # decoding a whole group (often 100 rows with images) once per row.
-        if self._cached_group is None or self._cached_group[0] != (file_index, group):
-            try:
-                table = pq.ParquetFile(self.files[file_index]).read_row_group(group, columns=["image", "text", "mask"])
-            except (OSError, pa.ArrowException) as exc:
-                raise RowError(f"row_unreadable: {describe(exc)}") from exc
-            self._cached_group = ((file_index, group), table)
-        return self._cached_group[1]
-
-    def _image_bytes(self, cell: object, file_index: int) -> bytes:
-        data, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
-        if data is None and isinstance(path, str) and path:
-            return read_inside(self.files[file_index].parent / path, self.boundary, "image_missing", "image_unreadable")
-        if data is None:
-            raise RowError("image_missing: the row holds no image bytes and no path")
-        if not isinstance(data, bytes):
-            raise RowError(f"image_unreadable: the image is a {type(data).__name__}, not bytes")
-        return data
-
-    def __getitem__(self, index: int) -> Sample:
-        file_index, group, row = self.locations[index]
-        sample = Sample(id=self.ids[index], image_bytes=b"", query="", gt_mask=None,
-                        meta={"path": str(self.files[file_index]), "row_group": group, "row": row,
-                              "format": "parquet", "ignore_as_foreground": True})
-        try:
-            record = self._row_group(file_index, group).slice(row, 1)
-            sample.query = query_text(record.column("text")[0].as_py())
-            image_bytes = self._image_bytes(record.column("image")[0].as_py(), file_index)
-            image = decode_checked(image_bytes)
-            sample.gt_mask = _parquet_mask(record, image.height, image.width)
-            if warnings := gt_warnings(sample.gt_mask):
-                sample.meta["warnings"] = warnings
-            sample.image_bytes, sample.decoded = image_bytes, image  # decoded once, reused by the search
-        except RowError as exc:
-            sample.gt_mask, sample.error = None, str(exc)
-        return sample
-
-
-def _parquet_mask(record: pa.Table, height: int, width: int) -> np.ndarray:
-    """The row's nested HxW bool (or 0/1 integer) list as uint8 0/1, checked against the decoded image size."""
-    cell = record.column("mask").combine_chunks()
-    if cell.null_count:
-        raise RowError("annotation_invalid: the row has no mask")
-    try:
-        mask_rows = cell.flatten()  # one list per mask row
-        row_lengths = set(pc.list_value_length(mask_rows).to_pylist())
-        values = mask_rows.flatten()
-    except (pa.ArrowException, TypeError, AttributeError) as exc:
-        raise RowError(f"annotation_invalid: the mask is a {cell.type}, not a nested list of rows") from exc
-    if mask_rows.null_count or values.null_count:
-        raise RowError("annotation_invalid: the mask has missing rows or pixels")
-    if not (pa.types.is_boolean(values.type) or pa.types.is_integer(values.type)):
-        raise RowError(f"annotation_invalid: mask pixels are {values.type}, not bool")
-    if len(row_lengths) > 1:
-        raise RowError(f"annotation_invalid: mask rows have different lengths {sorted(row_lengths)[:4]}")
-    shape = (len(mask_rows), row_lengths.pop() if row_lengths else 0)
-    if shape != (height, width):
-        raise RowError(f"gt_size_mismatch: the mask is {shape[0]}x{shape[1]} (HxW), the image {height}x{width} "
-                       "(EXIF orientation applied)")
-    return values.to_numpy(zero_copy_only=False).astype(bool).reshape(shape).astype(np.uint8)
-
-
 class ReasonSegDataModule(L.LightningDataModule):
-    """ReasonSeg in LISA's folder format (`format="folder"`) or Seg-Zero's parquet (`"parquet"`).
+    """ReasonSeg in LISA's folder format; `ReasonSegParquetDataModule` reads Seg-Zero's parquet.
 
-    `fraction` < 1 evaluates a deterministic random subset (see `select_fraction`).
+    `prepare_data` (rank 0) checks the files once, so a wrong root is one sentence before any
+    model loads; `setup` (every rank) reads the split's index into `self.dataset`. `fraction` < 1
+    evaluates a deterministic random subset (see `select_fraction`).
     """
 
-    def __init__(self, root: str, split: str = "val", format: Literal["folder", "parquet"] = "folder",
-                 fraction: float = 1.0, fraction_seed: int = 0):
+    reader: type = ReasonSegFolderDataset
+
+    def __init__(self, root: str, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
         super().__init__()
-        if format not in ("folder", "parquet"):
-            raise UsageError(f"format must be 'folder' (LISA's jpg + json) or 'parquet' (Seg-Zero's), got {format!r}.")
         check_fraction(fraction)  # fail at configuration time, before any model loads
-        self.root, self.split, self.format = root, split, format
+        self.root, self.split = root, split
         self.fraction, self.fraction_seed = fraction, fraction_seed
-        self.dataset: ReasonSegFolderDataset | ReasonSegParquetDataset | None = None
+        self.dataset: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        self.reader(self.root, self.split, self.fraction, self.fraction_seed)  # raises UsageError naming the fix
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            reader = ReasonSegFolderDataset if self.format == "folder" else ReasonSegParquetDataset
-            self.dataset = reader(self.root, self.split, self.fraction, self.fraction_seed)
-
-    @property
-    def subsets(self) -> list[str]:
-        """Subset names the metrics should expect (parquet rows carry no is_sentence)."""
-        return ["short", "long"] if self.format == "folder" else []
-
-    @property
-    def ids(self) -> list[str]:
-        self.setup()
-        return self.dataset.ids
+            self.dataset = self.reader(self.root, self.split, self.fraction, self.fraction_seed)
 
     def predict_dataloader(self) -> DataLoader:
         self.setup()

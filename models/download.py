@@ -7,33 +7,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rescue_eval.errors import UsageError
+from rescue_eval.core.errors import UsageError
 
 # backends that load a checkpoint themselves (remote ones use a server's model; gt_box and
 # grabcut have none)
 LOADS_CHECKPOINT = {"transformers", "vllm", "sam3"}
 
 
-def checkpoints_of(cfg) -> dict[str, str]:
-    """role -> hub id for every role whose checkpoint is neither tiny:NAME nor a local folder."""
-    from rescue_eval.roles import needed_roles
-
+def checkpoints_of(sections: dict) -> dict[str, str]:
+    """role -> hub id for every role section whose checkpoint is neither tiny:NAME nor a local folder."""
     found = {}
-    for role in needed_roles(cfg):
-        section = getattr(cfg, role)
+    for role, section in sections.items():
         spec = section.checkpoint
         if section.backend in LOADS_CHECKPOINT and spec and not spec.startswith("tiny:") and not Path(spec).exists():
             found[role] = spec
     return found
 
 
-def download(cfg) -> dict[str, str]:
-    """Download each hub checkpoint once; returns hub id -> local folder."""
+def download(sections: dict) -> dict[str, str]:
+    """Download each hub checkpoint of the role sections once; returns hub id -> local folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     paths = {}
-    for repo_id in dict.fromkeys(checkpoints_of(cfg).values()):
+    for repo_id in dict.fromkeys(checkpoints_of(sections).values()):
         try:
             paths[repo_id] = snapshot_download(repo_id)
         except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rescue_eval.types import SegmentItem
+from rescue_eval.core.types import SegmentItem
 
 
 class GrabCutSegmenter:

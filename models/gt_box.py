@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.parsing import clean_pixel_box
-from models.vlm_requests import hypothesis_seed
-from rescue_eval.types import Hypothesis, PlanItem
+from rescue_eval.models.parsing import clean_pixel_box
+from rescue_eval.models.vlm_requests import hypothesis_seed
+from rescue_eval.core.types import Hypothesis, PlanItem
 
 
 class GroundTruthBoxPlanner:

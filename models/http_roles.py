@@ -16,7 +16,7 @@ A URL with a path is POSTed to as it is; a bare scheme://host:port gets the role
 (/segment, /score). IMAGE is the base64 of the image file: the dataset's original bytes
 (JPEG, PNG, ...) as read, upright (an EXIF-rotated file is sent as PNG of its rotated pixels),
 or PNG for an image made in memory. Boxes are pixel xyxy floats. MASK is COCO compressed RLE,
-{"size": [h, w], "counts": "..."} (rescue_eval.masks.encode_rle), at the image's size.
+{"size": [h, w], "counts": "..."} (rescue_eval.core.masks.encode_rle), at the image's size.
 Answers are in item order. Errors: 400 {"error": "..."} for a request that cannot be read,
 500 {"error": "..."} when the backend raises. GET on any path answers {"role": ...}.
 
@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from rescue_eval.masks import decode_rle, encode_rle
-from rescue_eval.types import ScoreItem, SegmentItem, decode_image_bytes
+from rescue_eval.core.masks import decode_rle, encode_rle
+from rescue_eval.core.types import ScoreItem, SegmentItem, decode_image_bytes
 
 BACKOFF_BASE_S = 0.5  # the first retry waits up to this long, the k-th up to base * 2**(k-1)
 BACKOFF_MAX_S = 30.0

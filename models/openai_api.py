@@ -23,12 +23,12 @@ from typing import Sequence
 
 from PIL import Image
 
-from models.http_roles import BACKOFF_BASE_S, JsonClient, encoded_image
-from models.parsing import parse_rating, parse_verdict
-from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
-from models.tiny import PREFIX
-from models.vlm_requests import check_plan_settings, duel_request, fill_image_parts, plan_rows, rate_request, to_hypothesis
-from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
+from rescue_eval.models.http_roles import BACKOFF_BASE_S, JsonClient, encoded_image
+from rescue_eval.models.parsing import parse_rating, parse_verdict
+from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from rescue_eval.models.tiny import PREFIX
+from rescue_eval.models.vlm_requests import check_plan_settings, duel_request, fill_image_parts, plan_rows, rate_request, to_hypothesis
+from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import math
 import re
 from typing import Iterator, Literal
 
-from rescue_eval.types import Box
+from rescue_eval.core.types import Box
 
 GRID = 1000  # Qwen3-VL boxes: integers on a 0..1000 grid relative to width and height
 BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box", "bounding_box", "bbox2d")

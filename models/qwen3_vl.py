@@ -17,11 +17,11 @@ from typing import Sequence
 
 from PIL import Image
 
-from models.parsing import parse_rating, parse_verdict
-from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
-from models.tiny import resolve_checkpoint
-from models.vlm_requests import check_plan_settings, duel_request, plan_rows, rate_request, to_hypothesis
-from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
+from rescue_eval.models.parsing import parse_rating, parse_verdict
+from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from rescue_eval.models.tiny import resolve_checkpoint
+from rescue_eval.models.vlm_requests import check_plan_settings, duel_request, plan_rows, rate_request, to_hypothesis
+from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 
 @dataclass

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.vllm_backend import require_cuda
-from rescue_eval.errors import UsageError
-from rescue_eval.types import SegmentItem
+from rescue_eval.models.vllm_backend import require_cuda
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.types import SegmentItem
 
 log = logging.getLogger(__name__)
 

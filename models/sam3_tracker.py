@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.tiny import resolve_checkpoint
-from rescue_eval.types import SegmentItem
+from rescue_eval.models.tiny import resolve_checkpoint
+from rescue_eval.core.types import SegmentItem
 
 
 class Sam3TrackerSegmenter:

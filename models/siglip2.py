@@ -13,9 +13,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from models.tiny import resolve_checkpoint
-from rescue_eval.masks import mask_box
-from rescue_eval.types import ScoreItem
+from rescue_eval.models.tiny import resolve_checkpoint
+from rescue_eval.core.masks import mask_box
+from rescue_eval.core.types import ScoreItem
 
 CROP_MARGIN = 0.10  # fraction of the mask's box added on each side
 NEUTRAL_GRAY = 127

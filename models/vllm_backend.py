@@ -35,14 +35,14 @@ from typing import Sequence
 
 from PIL import Image
 
-from models.parsing import parse_rating, parse_verdict
-from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
-from models.qwen3_vl import Generation
-from models.tiny import resolve_checkpoint
-from models.vlm_requests import (PlanRow, check_plan_settings, duel_request, fill_image_parts, plan_rows,
+from rescue_eval.models.parsing import parse_rating, parse_verdict
+from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from rescue_eval.models.qwen3_vl import Generation
+from rescue_eval.models.tiny import resolve_checkpoint
+from rescue_eval.models.vlm_requests import (PlanRow, check_plan_settings, duel_request, fill_image_parts, plan_rows,
                                  rate_request, to_hypothesis)
-from rescue_eval.errors import UsageError
-from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 Request = tuple[list[dict], dict]  # chat messages with their images, SamplingParams keyword arguments
 

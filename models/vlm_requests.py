@@ -3,7 +3,7 @@
 
 Planner: item.n hypotheses per item; hypothesis k uses strategy k % len(strategies),
 temperature k % len(temperatures) and seed hypothesis_seed(item.seed, k), so hypothesis k is the
-same whatever n is. Judge: the masks are drawn in red on the image (rescue_eval.masks.overlay).
+same whatever n is. Judge: the masks are drawn in red on the image (rescue_eval.core.masks.overlay).
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import NamedTuple, Sequence
 
 from PIL import Image
 
-from models.parsing import parse_box
-from models.prompts import STRATEGIES, duel_messages, rate_messages
-from rescue_eval.masks import overlay
-from rescue_eval.types import DuelItem, Hypothesis, PlanItem, RateItem
+from rescue_eval.models.parsing import parse_box
+from rescue_eval.models.prompts import STRATEGIES, duel_messages, rate_messages
+from rescue_eval.core.masks import overlay
+from rescue_eval.core.types import DuelItem, Hypothesis, PlanItem, RateItem
 
 
 def hypothesis_seed(item_seed: int, index: int) -> int:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rescue_eval.errors import FatalError, UsageError
+from rescue_eval.core.errors import FatalError, UsageError
 
 USAGE = """usage: rescue-eval COMMAND [options]
 
@@ -27,14 +26,15 @@ commands:
 
 
 def cmd_run(argv: list[str]) -> int:
-    from rescue_eval import config, runner
+    from rescue_eval import config, job
+    from rescue_eval.dist import launch
 
     if any(a in ("-h", "--help") for a in argv):
         config.parser().print_help()
         return 0
     cfg, out = config.parse(argv)
-    summary = runner.run(cfg, out)
-    if os.environ.get("RANK", "0") != "0":  # rank 0 speaks for the job
+    summary = job.run(cfg, out)
+    if launch.detect().rank != 0:  # rank 0 speaks for the job
         return 0
     print(json.dumps({k: summary[k] for k in ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures")}))
     print(f"wrote {out}/summary.json and {out}/report.md")
@@ -42,18 +42,18 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from rescue_eval import report
+    from rescue_eval import outdir
 
     p = argparse.ArgumentParser(prog="rescue-eval report", description=cmd_report.__doc__)
     p.add_argument("output", type=Path)
     args = p.parse_args(argv)
-    report.rebuild(args.output)
+    outdir.rebuild(args.output)
     print(f"wrote {args.output}/summary.json and {args.output}/report.md")
     return 0
 
 
 def cmd_build_tiny(argv: list[str]) -> int:
-    from models import tiny
+    from rescue_eval.models import tiny
 
     p = argparse.ArgumentParser(prog="rescue-eval build-tiny",
                                 description="Build tiny random-weight checkpoints of Qwen3-VL, Sam3Tracker and SigLIP2.")
@@ -86,26 +86,26 @@ def cmd_segment(argv: list[str]) -> int:
 
 
 def cmd_download(argv: list[str]) -> int:
-    from models.download import download
     from rescue_eval import config
+    from rescue_eval.models.download import download
 
     p = argparse.ArgumentParser(prog="rescue-eval download",
                                 description="Fetch the checkpoints a config names into the Hugging Face cache "
                                             "(default: the original RESCue models of configs/reasonseg_8gpu.yaml).")
-    p.add_argument("--config", default=str(config.DEMO_CONFIG.parent / "reasonseg_8gpu.yaml"))
+    p.add_argument("--config", default=str(config.shipped_config("reasonseg_8gpu.yaml")))
     args = p.parse_args(argv)
     cfg, _ = config.parse(["--config", args.config, "--output", "unused", "--data.root", "unused"])
-    for repo_id, path in download(cfg).items():
+    for repo_id, path in download(config.role_sections(cfg)).items():
         print(f"{repo_id}: {path}")
     return 0
 
 
 def cmd_serve(argv: list[str]) -> int:
     """rescue-eval serve executor|scorer [--host H] [--port P] [--config FILE] [--ROLE.key value ...]"""
-    from models import build_role
-    from models.http_roles import PROTOCOLS
-    from models.tiny import resolve_checkpoint
-    from rescue_eval import config, http_server
+    from rescue_eval import config, serve
+    from rescue_eval.models import build_role
+    from rescue_eval.models.http_roles import PROTOCOLS
+    from rescue_eval.models.tiny import resolve_checkpoint
 
     p = argparse.ArgumentParser(prog="rescue-eval serve", description="Serve a local executor or scorer over "
                                 "HTTP (the JSON role protocol of models/http_roles.py); other options are run "
@@ -118,7 +118,7 @@ def cmd_serve(argv: list[str]) -> int:
     section = getattr(cfg, args.role)
     resolve_checkpoint(section.checkpoint)
     port = args.port if args.port is not None else urlsplit(PROTOCOLS[args.role].default_url).port
-    http_server.serve(build_role(args.role, section), args.role, args.host, port, max_batch=section.max_batch)
+    serve.serve(build_role(args.role, section), args.role, args.host, port, max_batch=section.max_batch)
     return 0
 
 

@@ -8,16 +8,36 @@ it. The options of the original RESCue scripts (`--fraction`, `--parallel_reques
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from rescue_eval.errors import UsageError
-from rescue_eval.verifier import VerifierSettings
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.protocols import ROLE_NAMES
+from rescue_eval.core.selection import VerifierSettings, strategy
+from rescue_eval.datamodules import DATASETS
+from rescue_eval.dist.placement import PlacementConfig
+from rescue_eval.dist.transport import DistConfig
+from rescue_eval.io.tracking import WandbConfig
+from rescue_eval.models import BACKENDS, adapter_kwargs
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+def shipped_config(name: str) -> Path:
+    """A config shipped with the package (the repository's configs/, installed as package data)."""
+    return Path(str(resources.files("rescue_eval.configs") / name))
+
+
+DEMO_CONFIG = shipped_config("demo.yaml")
+
+
+# the choices of each `backend` key are the registered backends of its role
+PlannerBackend = Literal[BACKENDS["planner"].names()]
+ExecutorBackend = Literal[BACKENDS["executor"].names()]
+ScorerBackend = Literal[BACKENDS["scorer"].names()]
+JudgeBackend = Literal[BACKENDS["judge"].names()]
 
 LEGACY_FLAGS = {  # original RESCue option -> dotted key
     "--fraction": "--data.fraction",
@@ -35,7 +55,7 @@ RESUME_FREE_SECTIONS = {"placement", "dist", "wandb"}
 
 @dataclass
 class DataConfig:
-    name: Literal["demo", "reasonseg", "reasonseg_parquet"] = "demo"
+    name: Literal[DATASETS.names()] = "demo"
     root: Optional[str] = None  # dataset folder (LISA format) or parquet file/folder
     split: str = "val"
     fraction: float = 1.0  # a deterministic subset of this share of the split
@@ -66,7 +86,7 @@ class VLMConfig(RoleConfig):
 
 @dataclass
 class PlannerConfig(VLMConfig):
-    backend: Literal["transformers", "vllm", "openai", "gt_box"] = "transformers"
+    backend: PlannerBackend = "transformers"
     checkpoint: str = "tiny:qwen3-vl"
     max_n: int = 8  # hypotheses per sample; the sweep reports N = 1, 2, 4, ..., max_n
     temperatures: list[float] = field(default_factory=lambda: [0.3, 0.7, 1.0])
@@ -77,20 +97,20 @@ class PlannerConfig(VLMConfig):
 
 @dataclass
 class ExecutorConfig(RoleConfig):
-    backend: Literal["transformers", "sam3", "grabcut", "http"] = "transformers"
+    backend: ExecutorBackend = "transformers"
     checkpoint: str = "tiny:sam3-tracker"
 
 
 @dataclass
 class ScorerConfig(RoleConfig):
-    backend: Literal["transformers", "http"] = "transformers"
+    backend: ScorerBackend = "transformers"
     checkpoint: str = "tiny:siglip2"
     max_batch: int = 32
 
 
 @dataclass
 class JudgeConfig(VLMConfig):
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: JudgeBackend = "transformers"
     checkpoint: str = "tiny:qwen3-vl"
     max_new_tokens: int = 16
 
@@ -104,35 +124,6 @@ class RunConfig:
     progress: bool = True
     force: bool = False  # resume into an output directory made with a different config
     strict: bool = False  # stop at the first bad input sample instead of scoring it as a failure
-
-
-Hosts = Union[Literal["all"], list[int]]
-
-
-@dataclass
-class PlacementConfig:
-    """Ranks that host each role. `all`: every rank has its own copy and calls it locally."""
-
-    planner: Hosts = "all"
-    executor: Hosts = "all"
-    scorer: Hosts = "all"
-    judge: Hosts = "all"
-
-
-@dataclass
-class DistConfig:
-    timeout_s: float = 86400.0  # collectives: ranks may finish their shards hours apart
-    rpc_timeout_s: float = 1800.0  # one role call, its queueing included
-
-
-@dataclass
-class WandbConfig:
-    enabled: bool = True
-    mode: Literal["auto", "offline", "online"] = "auto"  # auto: online only when credentials exist
-    project: str = "rescue-eval"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    table_samples: int = 16  # rows of the logged sample table (image, ground truth, prediction)
 
 
 @dataclass
@@ -181,8 +172,21 @@ def parse(argv: list[str]) -> tuple[Config, Path]:
     return cfg, Path(ns.output)
 
 
+def needed_roles(cfg: Config) -> list[str]:
+    """The roles this config's job builds: the judge only when the selection strategy uses it."""
+    uses_judge = strategy(cfg.verifier).uses_judge
+    return [r for r in ROLE_NAMES if r != "judge" or uses_judge]
+
+
+def role_sections(cfg: Config) -> dict:
+    """role -> its config section, for the roles the job builds."""
+    return {role: getattr(cfg, role) for role in needed_roles(cfg)}
+
+
 def validate(cfg: Config) -> None:
     """Checks that need more than one key or a range: one sentence each, naming the fix."""
+    for role, section in role_sections(cfg).items():
+        adapter_kwargs(role, section)  # a key the chosen backend does not take is an error
     if not 0 < cfg.data.fraction <= 1:
         raise UsageError(f"data.fraction is {cfg.data.fraction}; give a share in (0, 1], e.g. --fraction 0.1.")
     if cfg.planner.max_n < 1:

@@ -13,16 +13,16 @@ import numpy as np
 from PIL import Image
 
 from rescue_eval.config import Config
-from rescue_eval.errors import UsageError
-from rescue_eval.masks import decode_rle, draw_box, overlay
-from rescue_eval.rescue import search_batch
-from rescue_eval.types import Sample
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.masks import decode_rle, draw_box, overlay
+from rescue_eval.core.search import search_sample
+from rescue_eval.core.types import Sample
+from rescue_eval.dist.transport import LocalTransport
+from rescue_eval.outdir import settings_of
+from rescue_eval.roles import clients, prepare_checkpoints, start_servers
 
 
 def segment_image(cfg: Config, image_path: Path, query: str, out: Path) -> dict:
-    from models.tiny import resolve_checkpoint
-    from rescue_eval.roles import clients, needed_roles, start_servers
-    from rescue_eval.runner import settings_of
 
     if cfg.planner.backend == "gt_box":
         raise UsageError("planner.backend gt_box needs ground truth; segment one image with a real planner.")
@@ -36,13 +36,12 @@ def segment_image(cfg: Config, image_path: Path, query: str, out: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - PIL raises several kinds
         raise UsageError(f"{image_path} is not an image PIL can read ({exc}).") from exc
 
-    for role in needed_roles(cfg):
-        resolve_checkpoint(getattr(cfg, role).checkpoint)
+    prepare_checkpoints(cfg)
     servers = start_servers(cfg, rank=0, world=1, local_rank=0)
     try:
         settings = settings_of(cfg)
         settings.scored = False
-        record = search_batch([sample], clients(cfg, servers, world=1), settings)[0]
+        record = search_sample(sample, clients(cfg, servers, world=1, transport=LocalTransport()), settings)
     finally:
         for server in servers.values():
             server.close()

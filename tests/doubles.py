@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rescue_eval.types import Hypothesis, JudgeAnswer
+from rescue_eval.core.types import Hypothesis, JudgeAnswer
 
 
 class ScriptedPlanner:

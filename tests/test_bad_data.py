@@ -22,7 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from datamodules.reasonseg import ReasonSegFolderDataset, ReasonSegParquetDataset
+from rescue_eval.datamodules.reasonseg import ReasonSegFolderDataset
+from rescue_eval.datamodules.reasonseg_parquet import ReasonSegParquetDataset
+
 
 W, H = 64, 48
 RED, BACKGROUND = (220, 30, 30), (120, 160, 200)
@@ -173,6 +175,7 @@ def mostly(pixels: np.ndarray, color: np.ndarray, tolerance: int = 40) -> bool:
     return (np.abs(pixels.astype(int) - color).max(axis=-1) <= tolerance).mean() >= 0.95
 
 
+@pytest.mark.unit
 def test_each_file_loads_correctly_or_fails_with_its_reason(folder):
     samples = {sample.id: sample for sample in ReasonSegFolderDataset(folder, "val")}
     assert set(samples) == set(GOOD_IMAGES) | set(ODD_ANNOTATIONS) | set(BAD) | {"cp1252"}  # nothing dropped
@@ -212,6 +215,7 @@ def test_each_file_loads_correctly_or_fails_with_its_reason(folder):
     assert samples["polygon_outside"].gt_mask[:6, :21].all()  # the polygon partly outside is clipped
 
 
+@pytest.mark.unit
 def test_parquet_rows_load_or_fail_with_their_reason(tmp_path):
     good = GOOD_IMAGES["good_rgb"]()
     mask = (scene() == RED).all(axis=-1)
@@ -258,6 +262,7 @@ def test_parquet_rows_load_or_fail_with_their_reason(tmp_path):
     assert mostly(decoded[rotated_mask], np.array(RED)) and mostly(decoded[~rotated_mask], np.array(BACKGROUND))
 
 
+@pytest.mark.cli
 def test_a_run_counts_every_bad_file_and_loses_nothing(folder, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}
@@ -318,6 +323,7 @@ def annotation_value(draw) -> dict:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=annotation_value().map(lambda a: json.dumps(a).encode()) | st.binary(max_size=40),
        truncate=st.booleans())
+@pytest.mark.unit
 def test_any_annotation_loads_or_fails_with_a_known_reason(tmp_path, content, truncate):
     val = tmp_path / "val"
     val.mkdir(exist_ok=True)

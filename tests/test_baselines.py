@@ -2,7 +2,6 @@
 `rescue-eval segment` and `rescue-eval download`."""
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -10,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from models.grabcut import GrabCutSegmenter
-from models.gt_box import GroundTruthBoxPlanner
-from rescue_eval.masks import box_iou
-from rescue_eval.types import PlanItem, SegmentItem
-from test_e2e import cli, records
+from rescue_eval.models.grabcut import GrabCutSegmenter
+from rescue_eval.models.gt_box import GroundTruthBoxPlanner
+from rescue_eval.core.masks import box_iou
+from rescue_eval.core.types import PlanItem, SegmentItem
+from tests.helpers import cli, records
+
+pytestmark = pytest.mark.cli
 
 
 def disk_scene():
@@ -51,8 +52,8 @@ def test_gt_box_planner_jitters_around_the_truth_and_is_prefix_consistent():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path_factory.mktemp("cache"))}
+def env(cli_env):
+    return cli_env
 
 
 def test_demo_with_ground_truth_boxes_and_grabcut_is_flagged_as_an_oracle(env, tmp_path):
@@ -90,14 +91,14 @@ def test_download_says_clearly_when_the_hub_is_unreachable(env):
 
 
 def test_download_lists_only_hub_checkpoints():
-    from models.download import checkpoints_of
     from rescue_eval import config
+    from rescue_eval.models.download import checkpoints_of
 
     cfg = config.parse(["--config", "configs/reasonseg_8gpu.yaml", "--output", "x", "--data.root", "x"])[0]
-    assert checkpoints_of(cfg) == {"planner": "Qwen/Qwen3-VL-8B-Instruct", "executor": "facebook/sam3",
+    assert checkpoints_of(config.role_sections(cfg)) == {"planner": "Qwen/Qwen3-VL-8B-Instruct", "executor": "facebook/sam3",
                                    "scorer": "google/siglip2-giant-opt-patch16-384",
                                    "judge": "Qwen/Qwen3-VL-30B-A3B-Thinking"}
-    assert checkpoints_of(config.Config()) == {}  # tiny checkpoints are built, not downloaded
+    assert checkpoints_of(config.role_sections(config.Config())) == {}  # tiny checkpoints are built, not downloaded
 
 
 def test_serve_command_hosts_a_role_over_http(env):

@@ -14,12 +14,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from rescue_eval.errors import UsageError
+from rescue_eval.core.errors import UsageError
 from PIL import Image
 
-from datamodules import DemoDataModule, ReasonSegDataModule, build_datamodule
-from datamodules.demo import FLAG_SCENES, NUM_SCENES, TWO_TARGET_SCENE
-from datamodules.reasonseg import ReasonSegFolderDataset, select_fraction
+from rescue_eval.datamodules import build_datamodule
+from rescue_eval.datamodules.demo import DemoDataModule
+from rescue_eval.datamodules.reasonseg import ReasonSegDataModule
+from rescue_eval.datamodules.reasonseg_parquet import ReasonSegParquetDataModule
+from rescue_eval.datamodules.demo import FLAG_SCENES, NUM_SCENES, TWO_TARGET_SCENE
+from rescue_eval.datamodules.reasonseg import ReasonSegFolderDataset, select_fraction
+
+pytestmark = pytest.mark.unit
 
 
 def lisa_get_mask_from_json(json_path, img):
@@ -149,6 +154,13 @@ def test_bad_rows_become_samples_with_errors(folder_root):
     assert samples["a_ignore_wins"].error is None
 
 
+def loaded(module):
+    """The dataset of a data module, through its hooks as the job calls them."""
+    module.prepare_data()
+    module.setup("predict")
+    return module.dataset
+
+
 def test_missing_root_or_split_names_the_fix(tmp_path, folder_root):
     with pytest.raises(UsageError, match="set --data.root"):
         ReasonSegDataModule(str(tmp_path / "nowhere")).setup()
@@ -173,12 +185,12 @@ def test_fraction_on_a_folder_split(tmp_path):
     image = jpeg(8, 8)
     for i in range(200):
         write_sample(val, f"img_{i:03d}", image, [f"query {i}"], i % 2 == 1, [("target", [[1, 1], [5, 1], [5, 5]])])
-    full = ReasonSegDataModule(str(tmp_path))
+    full = loaded(ReasonSegDataModule(str(tmp_path)))
     assert len(full.ids) == 200 and full.ids == sorted(full.ids) and full.subsets == ["short", "long"]
-    tenth = ReasonSegDataModule(str(tmp_path), fraction=0.1).ids
+    tenth = loaded(ReasonSegDataModule(str(tmp_path), fraction=0.1)).ids
     assert len(tenth) == 20 and tenth == sorted(tenth) and set(tenth) <= set(full.ids)
-    assert ReasonSegDataModule(str(tmp_path), fraction=0.1).ids == tenth
-    assert ReasonSegDataModule(str(tmp_path), fraction=0.1, fraction_seed=1).ids != tenth
+    assert loaded(ReasonSegDataModule(str(tmp_path), fraction=0.1)).ids == tenth
+    assert loaded(ReasonSegDataModule(str(tmp_path), fraction=0.1, fraction_seed=1)).ids != tenth
     batch = next(iter(ReasonSegDataModule(str(tmp_path), fraction=0.1).predict_dataloader()))
     assert [sample.id for sample in batch] == tenth[:1]
 
@@ -200,9 +212,9 @@ def test_parquet_folder_of_files(tmp_path):
     rows = parquet_rows(["img_b", "img_a", "img_c", "img_d"], [0, 0, 0, 0], image_as_dict=True)
     pq.write_table(pa.Table.from_pylist(rows[:2]), tmp_path / "test-00000-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist(rows[2:]), tmp_path / "test-00001-of-00002.parquet", row_group_size=1)
-    module = build_datamodule("reasonseg_parquet", root=str(tmp_path))
-    assert module.ids == ["img_b", "img_a", "img_c", "img_d"] and module.subsets == []
-    for n, sample in enumerate(module.dataset):
+    dataset = loaded(build_datamodule("reasonseg_parquet", root=str(tmp_path)))
+    assert dataset.ids == ["img_b", "img_a", "img_c", "img_d"] and dataset.subsets == []
+    for n, sample in enumerate(dataset):
         assert sample.error is None and sample.query == f"query {n}" and sample.subset == ""
         assert sample.gt_mask.dtype == np.uint8 and sample.gt_mask.shape == (10, 12 + n)
         np.testing.assert_array_equal(sample.gt_mask, np.asarray(rows[n]["mask"], dtype=np.uint8))
@@ -216,7 +228,7 @@ def test_parquet_ids_fall_back_to_ann_id_and_bad_rows(tmp_path):
     rows[2]["mask"] = rows[2]["mask"][:-1]  # one row short of the image height
     path = tmp_path / "ReasonSeg_val.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    samples = list(ReasonSegDataModule(str(path), format="parquet").predict_dataloader())
+    samples = list(ReasonSegParquetDataModule(str(path)).predict_dataloader())
     assert [batch[0].id for batch in samples] == ["img_a_0", "img_a_1", "img_b_0"]
     first, bad_image, bad_mask = (batch[0] for batch in samples)
     assert first.error is None and first.image_bytes == rows[0]["image"]
@@ -230,7 +242,7 @@ def test_demo_set_is_deterministic_and_reads_through_the_folder_reader(tmp_path,
         monkeypatch.setenv("RESCUE_EVAL_CACHE", str(tmp_path / name))
         module = build_datamodule("demo")
         assert isinstance(module, DemoDataModule)
-        module.setup()
+        loaded(module)
         folders.append(tmp_path / name / "demo-v1" / "val")
     files = sorted(path.name for path in folders[0].iterdir())
     assert len(files) == 2 * NUM_SCENES and files == sorted(path.name for path in folders[1].iterdir())
@@ -239,17 +251,17 @@ def test_demo_set_is_deterministic_and_reads_through_the_folder_reader(tmp_path,
 
     samples = list(module.dataset)
     assert len(samples) == NUM_SCENES and all(sample.error is None for sample in samples)
-    assert {sample.subset for sample in samples} == {"short", "long"} and module.subsets == ["short", "long"]
+    assert {sample.subset for sample in samples} == {"short", "long"} and module.dataset.subsets == ["short", "long"]
     assert any((sample.gt_mask == 255).any() for sample in samples)
     assert all(sample.gt_mask.shape == (240, 320) and (sample.gt_mask == 1).any() for sample in samples)
     annotations = [json.loads((folders[0] / f"{sample.id}.json").read_text()) for sample in samples]
     assert all(sample.query == annotation["text"][0] for sample, annotation in zip(samples, annotations))
     assert all(any(s["label"] == "flag" for s in annotations[i]["shapes"]) for i in FLAG_SCENES)
     assert sum(s["label"] == "target" for s in annotations[TWO_TARGET_SCENE]["shapes"]) == 2
-    assert len(DemoDataModule(fraction=0.5).ids) == NUM_SCENES // 2
-    # The runner passes root and split to every data module: root=None means the cache.
-    assert build_datamodule("demo", root=None, split="val").ids == module.ids
-    assert DemoDataModule(root=str(tmp_path / "own")).ids == module.ids
+    assert len(loaded(DemoDataModule(fraction=0.5)).ids) == NUM_SCENES // 2
+    # The job passes root and split to every data module: root=None means the cache.
+    assert loaded(build_datamodule("demo", root=None, split="val")).ids == module.dataset.ids
+    assert loaded(DemoDataModule(root=str(tmp_path / "own"))).ids == module.dataset.ids
     with pytest.raises(ValueError, match="--data.split val"):
         DemoDataModule(split="test")
 

@@ -9,15 +9,17 @@ import time
 
 import pytest
 
-from test_e2e import decisions, records, scores
+from tests.helpers import decisions, records, scores
+
+pytestmark = pytest.mark.torchrun
 
 ROLES = ("planner", "executor", "scorer", "judge")
 ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path_factory.mktemp("cache")), "OMP_NUM_THREADS": "1"}
+def env(cli_env):
+    return cli_env
 
 
 def torchrun(env, nproc, out, *extra, restarts=0, timeout=600):

@@ -1,50 +1,17 @@
 """The CLI end to end on the demo set with the tiny checkpoints, as a user runs it."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from rescue_eval.masks import decode_rle, intersection_union, sample_iou
-from test_tracking import logged_table, read_offline_run
+from rescue_eval.core.masks import decode_rle, intersection_union, sample_iou
+from tests.helpers import FAKE_KEY, cli, decisions, logged_table, read_offline_run, records, scores
 
-FAKE_KEY = "sk-FAKE-e2e-7f3a9"
-SCORES = ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures", "per_n", "subsets")
-
+pytestmark = pytest.mark.cli
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path_factory.mktemp("cache")), "OPENAI_API_KEY": FAKE_KEY}
-    for name in ("WANDB_API_KEY", "WANDB_MODE"):  # W&B runs offline here
-        env.pop(name, None)
-    return env
-
-
-def cli(env, *args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "rescue_eval", *args], env=env, capture_output=True, text=True,
-                          timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted((out / "results").glob("rank-*.jsonl")) for line in p.open()]
-
-
-def scores(out: Path) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    return {k: summary[k] for k in SCORES}
-
-
-def decisions(out):
-    """What was chosen and how it scored. Model scores themselves (SigLIP2, hybrid) may differ
-    in the 7th digit when a role batches another mix of samples, so they are not compared."""
-    keys = ("chosen", "index", "intersection", "union", "iou", "oracle_iou", "judge_calls", "cut_the_chase")
-    return {r["id"]: ({n: {k: e.get(k) for k in keys} for n, e in r["sweep"].items()},
-                      [h["raw_text"] for h in r["hypotheses"]], r["prediction"], r["failure"]) for r in records(out)}
+def env(cli_env):
+    return {**cli_env, "OPENAI_API_KEY": FAKE_KEY}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +47,7 @@ def test_output_directory_contract(demo_run):
 
 def test_records_score_what_the_summary_says(env, demo_run):
     """Recompute gIoU/cIoU from the JSONL prediction masks and the dataset's ground truth."""
-    from datamodules import DemoDataModule
+    from rescue_eval.datamodules.demo import DemoDataModule
 
     recs = records(demo_run)
     assert len(recs) == len({r["id"] for r in recs}) == 16

@@ -17,15 +17,17 @@ import torch
 import torchvision
 from PIL import Image
 
-from models import build_role, sam3_package, vllm_backend
-from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES, plan_messages
-from models.protocols import Judge, Planner, Segmenter
-from models.vlm_requests import duel_request, hypothesis_seed, plan_rows, rate_request
-from models.sam3_package import Sam3PackageSegmenter, patch_torchvision_for_rocm
-from models.vllm_backend import VLLMJudge, VLLMPlanner, judge_requests, plan_requests
+from rescue_eval.models import build_role, sam3_package, vllm_backend
+from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES, plan_messages
+from rescue_eval.core.protocols import Judge, Planner, Segmenter
+from rescue_eval.models.vlm_requests import duel_request, hypothesis_seed, plan_rows, rate_request
+from rescue_eval.models.sam3_package import Sam3PackageSegmenter, patch_torchvision_for_rocm
+from rescue_eval.models.vllm_backend import VLLMJudge, VLLMPlanner, judge_requests, plan_requests
 from rescue_eval.config import PlannerConfig
-from rescue_eval.errors import UsageError
-from rescue_eval.types import DuelItem, PlanItem, RateItem, SegmentItem
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.types import DuelItem, PlanItem, RateItem, SegmentItem
+
+pytestmark = pytest.mark.unit
 
 TEMPERATURES = [0.3, 0.7, 1.0]
 CHECKPOINT = "Qwen/Qwen3-VL-8B-Instruct"  # a hub id: resolve_checkpoint leaves it as it is

@@ -2,12 +2,15 @@
 import os
 import shutil
 
-from test_e2e import cli, records
+from tests.helpers import cli, records
+
+import pytest
+pytestmark = pytest.mark.cli
 
 
 def test_strict_stops_at_the_first_bad_sample(tmp_path):
     env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}
-    from datamodules.demo import ensure_demo_set
+    from rescue_eval.datamodules.demo import ensure_demo_set
 
     demo = ensure_demo_set(tmp_path / "demo")
     data = tmp_path / "data"

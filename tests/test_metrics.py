@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from rescue_eval.masks import intersection_union, sample_iou
-from rescue_eval.metrics import FAILURE_REASONS, SplitMetrics, SweepIoU
+from rescue_eval.core.masks import intersection_union, sample_iou
+from rescue_eval.core.metrics import FAILURE_REASONS, SplitMetrics, SweepIoU
+
+pytestmark = pytest.mark.unit
 
 
 def lisa_intersection_and_union(output, target, k=2, ignore_index=255):
@@ -106,4 +108,12 @@ def test_failures_counted_and_subsets_split():
     assert s["giou"] == pytest.approx(0.5) and s["ciou"] == pytest.approx(0.5)
     assert s["subsets"]["short"]["giou"] == 0.0 and s["subsets"]["long"]["giou"] == pytest.approx(1.0)
     assert set(s["per_n"]) == {1, 2}
-    assert "planner_error" in FAILURE_REASONS
+
+
+def test_an_unknown_failure_reason_is_an_error_not_an_uncounted_failure():
+    m = SweepIoU([1])
+    with pytest.raises(ValueError):
+        m.update(**scores_of(np.zeros((2, 2), bool), np.zeros((2, 2), np.uint8)), failure="cosmic_ray")
+    for reason in FAILURE_REASONS:
+        m.update(**scores_of(np.zeros((2, 2), bool), np.zeros((2, 2), np.uint8)), failure=reason)
+    assert m.compute()["failures"] == {reason: 1 for reason in FAILURE_REASONS}

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.parsing import parse_box, parse_rating, parse_verdict
+from rescue_eval.models.parsing import parse_box, parse_rating, parse_verdict
+
+pytestmark = pytest.mark.unit
 
 W, H = 640, 480  # non-square, so swapped x/y scaling would show
 

@@ -9,23 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import tiny
-from models.prompts import STRATEGIES
-from models.protocols import Judge, Planner
-from models.qwen3_vl import Qwen3VLJudge, Qwen3VLPlanner
-from models.vlm_requests import hypothesis_seed
-from rescue_eval.types import DuelItem, PlanItem, RateItem
+from rescue_eval.models import tiny
+from rescue_eval.models.prompts import STRATEGIES
+from rescue_eval.core.protocols import Judge, Planner
+from rescue_eval.models.qwen3_vl import Qwen3VLJudge, Qwen3VLPlanner
+from rescue_eval.models.vlm_requests import hypothesis_seed
+from rescue_eval.core.types import DuelItem, PlanItem, RateItem
+
+pytestmark = pytest.mark.unit
 
 MAX_NEW_TOKENS = 32  # a schema answer is ~25 tokens with this tokenizer
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """`tiny:qwen3-vl` resolved through the cache, as a config names it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RESCUE_EVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
-        path = tiny.resolve_checkpoint("tiny:qwen3-vl")
-    return path
+def checkpoint() -> str:
+    """`tiny:qwen3-vl` resolved through the shared cache, as a config names it."""
+    return tiny.resolve_checkpoint("tiny:qwen3-vl")
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +121,14 @@ def test_structured_output_follows_the_schema(planner):
 
 def test_unstructured_output_still_flows(checkpoint, planner):
     free = Qwen3VLPlanner(checkpoint, max_new_tokens=MAX_NEW_TOKENS, structured_output=False, temperatures=[1.0])
-    [hypotheses] = free.propose([PlanItem(make_image(6), "the dog", n=3, seed=0)])
+    """Without the grammar the random model's text is not forced into the schema: its answers
+    are recorded as they came, each marked unparsable, none dropped; with it, every box parses."""
+    item = PlanItem(make_image(6), "the dog", n=3, seed=0)
+    [hypotheses] = free.propose([item])
     assert [h.index for h in hypotheses] == [0, 1, 2]
-    assert all(h.status in ("ok", "parse_error", "degenerate") for h in hypotheses)
+    assert all(h.status == "parse_error" and h.box is None and h.tokens_out > 0 for h in hypotheses)
+    [constrained] = planner.propose([item])
+    assert all(h.status in ("ok", "degenerate") for h in constrained)
 
 
 def test_unknown_strategy_is_refused(checkpoint):

@@ -8,6 +8,8 @@ import pytest
 from rescue_eval.cli import COMMANDS
 from rescue_eval.config import Config
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 CODE = "\n".join(re.findall(r"```.*?```", README, flags=re.S) + re.findall(r"`[^`\n]+`", README))

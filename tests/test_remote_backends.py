@@ -1,33 +1,28 @@
 """Remote backends: the OpenAI-compatible planner and judge against a scripted chat server, the HTTP
-executor and scorer against `rescue_eval.http_server` hosting the tiny local backends, and the
+executor and scorer against `rescue_eval.serve` hosting the tiny local backends, and the
 demo run through them. Every server here listens on 127.0.0.1, on a free port, and is closed by
 its fixture; every retry loop is bounded by small timeouts."""
 import base64
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from models import tiny
-from models.http_roles import HttpScorer, HttpSegmenter, RemoteRoleError
-from models.openai_api import OpenAIJudge, OpenAIPlanner, data_url
-from models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES
-from models.sam3_tracker import Sam3TrackerSegmenter
-from models.siglip2 import Siglip2Scorer
-from models.vlm_requests import hypothesis_seed
-from rescue_eval.http_server import make_server
-from rescue_eval.masks import overlay
-from rescue_eval.types import DuelItem, PlanItem, RateItem, Sample, ScoreItem, SegmentItem
+from rescue_eval.models.http_roles import HttpScorer, HttpSegmenter, RemoteRoleError
+from rescue_eval.models.openai_api import OpenAIJudge, OpenAIPlanner, data_url
+from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES
+from rescue_eval.models.vlm_requests import hypothesis_seed
+from rescue_eval.core.masks import overlay
+from rescue_eval.core.types import DuelItem, PlanItem, RateItem, Sample, SegmentItem
+from tests.helpers import box_mask, jpeg_bytes, sample_image
+
+pytestmark = pytest.mark.unit
 
 FAKE_KEY = "sk-FAKE-remote-5c1d"
 FAST = {"timeout_s": 0.2, "retries": 2, "backoff_s": 0.01}  # 3 attempts, each bounded
@@ -107,26 +102,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def jpeg_bytes(width=200, height=100, seed=0) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    pixels[20:80, 40:160] = (200, 40, 40)  # an object, so masks and crops are not all noise
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def sample_image(seed=0) -> Image.Image:
-    """Decoded like the harness does: it keeps its original JPEG bytes in info["source"]."""
-    return Sample(f"s{seed}", jpeg_bytes(seed=seed), "the red thing", None).decode_image()
-
-
-def box_mask(x1, y1, x2, y2, width=200, height=100) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y1:y2, x1:x2] = True
-    return mask
-
-
 def data_url_bytes(part: dict) -> tuple[str, bytes]:
     header, payload = part["image_url"]["url"].split(",", 1)
     return header, base64.b64decode(payload)
@@ -154,20 +129,6 @@ def chat_server():
     yield start
     for server in servers:
         server.close()
-
-
-@pytest.fixture
-def remote():
-    """Builds remote adapters and closes their connection pools afterwards."""
-    built = []
-
-    def build(cls, **kwargs):
-        built.append(cls(**kwargs))
-        return built[-1]
-
-    yield build
-    for adapter in built:
-        (adapter.chat.client if hasattr(adapter, "chat") else adapter.client).close()
 
 
 # ---- (a) the OpenAI-compatible planner and judge ------------------------------------------------
@@ -317,96 +278,3 @@ def test_too_many_requests_is_retried(chat_server, remote):
     planner = remote(OpenAIPlanner, checkpoint="m", url=server.url + "/v1", **FAST)
     [[hypothesis]] = planner.propose([PlanItem(sample_image(), "q", n=1, seed=0)])
     assert hypothesis.status == "ok" and len(server.requests) == 2
-
-
-# ---- (c) rescue_eval.http_server hosting the tiny executor and scorer ---------------------------
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """RESCUE_EVAL_CACHE of the servers and of the demo runs: the runs find the same checkpoints."""
-    root = tmp_path_factory.mktemp("cache")
-    for name in ("sam3-tracker", "siglip2"):
-        tiny.build(name, root=root / "tiny")
-    return root
-
-
-@pytest.fixture(scope="module")
-def local(cache):
-    return {"executor": Sam3TrackerSegmenter(checkpoint=str(cache / "tiny" / "sam3-tracker")),
-            "scorer": Siglip2Scorer(checkpoint=str(cache / "tiny" / "siglip2"))}
-
-
-@pytest.fixture(scope="module")
-def served(local):
-    servers = {role: make_server(backend, role) for role, backend in local.items()}
-    yield servers
-    for server in servers.values():
-        server.close()
-
-
-def test_http_roles_answer_as_the_local_backends(monkeypatch, local, served, remote):
-    monkeypatch.setenv("EXECUTOR_URL", served["executor"].url)
-    monkeypatch.setenv("CLIP_SERVER_URL", served["scorer"].url + "/verify")
-    images = [sample_image(0), sample_image(1)]
-    segment_items = [SegmentItem(images[0], [(40.0, 20.0, 160.0, 80.0), (5.5, 5.5, 60.2, 90.7)]),
-                     SegmentItem(images[1], []), SegmentItem(images[1], [(0.0, 0.0, 200.0, 100.0)])]
-    score_items = [ScoreItem(images[0], [box_mask(40, 20, 160, 80), box_mask(0, 0, 0, 0)], "the red thing"),
-                   ScoreItem(images[1], [box_mask(10, 10, 90, 60)], "a dog")]
-
-    requests_before = served["executor"].role_server.requests
-    expected_masks = local["executor"].segment(segment_items)
-    masks = remote(HttpSegmenter, max_concurrency=2).segment(segment_items)
-    expected_scores = local["scorer"].score(score_items)
-    scores = remote(HttpScorer, max_concurrency=2).score(score_items)
-
-    assert [len(m) for m in masks] == [2, 0, 1]
-    assert all(np.array_equal(a, b) for got, want in zip(masks, expected_masks) for a, b in zip(got, want))
-    assert [len(s) for s in scores] == [2, 1]
-    assert np.allclose(np.concatenate(scores), np.concatenate(expected_scores), rtol=0, atol=1e-6)
-    assert served["executor"].role_server.requests - requests_before == 3  # one item per HTTP request
-
-
-def test_server_rejects_malformed_requests_and_reports_backend_errors(served, remote):
-    url = served["executor"].url
-    assert httpx.get(url).json() == {"role": "executor"}
-    for bad in (b"{not json", b'{"boxes": []}', json.dumps({"items": [{"image": "%%", "boxes": [[1, 2, 3]]}]}).encode()):
-        response = httpx.post(url + "/segment", content=bad)
-        assert response.status_code == 400 and "malformed request" in response.json()["error"]
-
-    class BrokenSegmenter:
-        """Test double: raises on a box at the origin, else answers no mask at all."""
-
-        def segment(self, batch):
-            if any(box[0] == 0 for item in batch for box in item.boxes):
-                raise RuntimeError("scripted backend failure")
-            return [[] for _ in batch]
-
-    broken = make_server(BrokenSegmenter(), "executor")
-    segmenter = remote(HttpSegmenter, url=broken.url, retries=0)
-    try:
-        with pytest.raises(RemoteRoleError, match=r"HTTP 500.*scripted backend failure.*after 1 attempt"):
-            segmenter.segment([SegmentItem(sample_image(), [(0, 0, 9, 9)])])
-        with pytest.raises(RemoteRoleError, match=r"malformed answer .*0 masks for 1 asked"):
-            segmenter.segment([SegmentItem(sample_image(), [(5, 5, 9, 9)])])
-    finally:
-        broken.close()
-
-
-# ---- the demo run through the HTTP roles scores as the local one ---------------------------------
-
-def test_demo_run_with_http_roles_scores_like_a_local_run(tmp_path, cache, served):
-    env = {**os.environ, "RESCUE_EVAL_CACHE": str(cache), "OPENAI_API_KEY": FAKE_KEY}
-    common = ["run", "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
-    remote_roles = ["--executor.backend", "http", "--executor.url", served["executor"].url,
-                    "--scorer.backend", "http", "--scorer.url", served["scorer"].url + "/verify"]
-    summaries = {}
-    for name, extra in (("local", []), ("http", remote_roles)):
-        out = tmp_path / name
-        proc = subprocess.run([sys.executable, "-m", "rescue_eval", *common, "--output", str(out), *extra],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        summaries[name] = json.loads((out / "summary.json").read_text())
-    assert summaries["http"]["n_failed"] == 0 and summaries["http"]["n_samples"] == 16
-    assert served["executor"].role_server.requests >= 16 and served["scorer"].role_server.requests >= 16
-    for key in ("giou", "ciou", "oracle_iou", "per_n"):
-        assert summaries["http"][key] == summaries["local"][key], key

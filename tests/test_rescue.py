@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from doubles import AreaScorer, BoxFillSegmenter, RuleJudge, ScriptedPlanner
-from rescue_eval.masks import decode_rle
-from rescue_eval.rescue import Roles, SearchSettings, search_batch, sweep_values
-from rescue_eval.types import Sample
-from rescue_eval.verifier import VerifierSettings
+from tests.doubles import AreaScorer, BoxFillSegmenter, RuleJudge, ScriptedPlanner
+from rescue_eval.core.masks import decode_rle
+from rescue_eval.core.search import Roles, SearchSettings, search_sample, sweep_values
+from rescue_eval.core.types import Sample
+from rescue_eval.core.selection import VerifierSettings
+
+pytestmark = pytest.mark.unit
 
 H, W = 48, 64
 BOXES = [(0, 0, 20, 20), (30, 20, 60, 45), (0, 0, 21, 20), None, (10, 10, 40, 40), (32, 22, 58, 44),
@@ -50,9 +52,9 @@ def test_sweep_values():
 
 @pytest.mark.parametrize("mode", ["comparative", "heuristic"])
 def test_first_n_of_a_big_run_equal_a_small_run(mode):
-    big = search_batch([sample(0)], roles(), settings(8, mode))[0]
+    big = search_sample(sample(0), roles(), settings(8, mode))
     for n in (1, 2, 4):
-        small = search_batch([sample(0)], roles(), settings(n, mode))[0]
+        small = search_sample(sample(0), roles(), settings(n, mode))
         assert small["sweep"][str(n)] == big["sweep"][str(n)]
         assert small["iou"] == big["sweep"][str(n)]["iou"]
 
@@ -63,15 +65,15 @@ def test_hypotheses_out_of_order_are_put_back_in_index_order():
         def propose(self, batch):
             return [hs[::-1] for hs in super().propose(batch)]
 
-    in_order = search_batch([sample(0)], roles(), settings(8))[0]
+    in_order = search_sample(sample(0), roles(), settings(8))
     shuffled = roles()
     shuffled.planner = ReversedPlanner({"q": BOXES})
-    reversed_rec = search_batch([sample(0)], shuffled, settings(8))[0]
+    reversed_rec = search_sample(sample(0), shuffled, settings(8))
     assert reversed_rec["sweep"] == in_order["sweep"] and reversed_rec["hypotheses"] == in_order["hypotheses"]
 
 
 def test_record_contents_and_duplicates():
-    rec = search_batch([sample(0)], roles(), settings(8))[0]
+    rec = search_sample(sample(0), roles(), settings(8))
     statuses = [h["status"] for h in rec["hypotheses"]]
     assert statuses[2] == "duplicate" and statuses[3] == "parse_error"
     assert [c["index"] for c in rec["candidates"]] == [0, 1, 4, 5, 6, 7]
@@ -86,9 +88,9 @@ def test_failures_stay_with_their_sample_and_score_as_empty():
     batch = [sample(0), sample(1, query="bad"), sample(2, query="none"),
              sample(3, error="image_unreadable: truncated"), sample(4)]
     r = roles(fail_queries=("bad",))
-    recs = search_batch(batch, r, settings(4))
+    recs = [search_sample(s, r, settings(4)) for s in batch]
     assert [x["failure"] for x in recs] == [None, "planner_error", "no_hypothesis", "bad_input", None]
-    assert r.planner.calls[0] == 4  # one batch call (the unreadable sample is not sent), then one per item
+    assert r.planner.calls == [1, 1, 1, 1]  # one item per call; the unreadable sample is not sent
     for x in recs[1:4]:
         assert x["intersection"] == 0 and x["iou"] == 0.0 and x["error"]
     assert recs[1]["union"] == int((gt_mask() == 1).sum())  # an empty prediction against the target
@@ -96,16 +98,23 @@ def test_failures_stay_with_their_sample_and_score_as_empty():
 
 
 def test_unusable_judge_falls_back_to_the_hybrid_score():
-    rec = search_batch([sample(0)], roles(judge_answer=None), settings(8))[0]
-    assert rec["failure"] is None and rec["vlm"]["judge_unusable"] > 0
+    """Unusable duel verdicts make no one win by default: each duel goes to the better hybrid
+    score, so the hybrid's leader is chosen, where a judge that always says "A" picks otherwise."""
+    rec = search_sample(sample(0), roles(judge_answer=None), settings(8))
+    duels = sum(a["kind"] == "duel" for a in rec["judge"])
+    assert rec["failure"] is None and rec["vlm"]["judge_unusable"] == duels > 0
+    top = rec["sweep"]["8"]
+    assert top["chosen"] == int(np.argmax(top["hybrid"]))
+    always_a = search_sample(sample(0), roles(judge_answer="A"), settings(8))
+    assert always_a["sweep"]["8"]["hybrid"] == top["hybrid"] and always_a["sweep"]["8"]["chosen"] != top["chosen"]
 
 
 def test_a_failed_write_leaves_no_half_line_and_says_why(tmp_path, monkeypatch):
     import errno
     import os
 
-    from rescue_eval.errors import FatalError
-    from rescue_eval.results import ResultWriter, load_records
+    from rescue_eval.core.errors import FatalError
+    from rescue_eval.io.results import ResultWriter, load_records
 
     writer = ResultWriter(tmp_path, rank=0)
     writer.append({"id": "a", "x": 1})
@@ -124,8 +133,8 @@ def test_a_failed_write_leaves_no_half_line_and_says_why(tmp_path, monkeypatch):
 
 
 def test_an_unwritable_output_directory_is_one_sentence(tmp_path):
-    from rescue_eval.errors import UsageError
-    from rescue_eval.results import ResultWriter
+    from rescue_eval.core.errors import UsageError
+    from rescue_eval.io.results import ResultWriter
 
     (tmp_path / "results").write_text("a file where the folder should be")
     with pytest.raises(UsageError, match="choose a writable --output"):

@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import tiny
-from models.protocols import Segmenter
-from models.sam3_tracker import Sam3TrackerSegmenter
-from rescue_eval.types import SegmentItem
+from rescue_eval.models import tiny
+from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter
+from rescue_eval.core.types import SegmentItem
+from rescue_eval.dist.serving import RoleServer
+
+pytestmark = pytest.mark.unit
 
 WIDTH, HEIGHT = 200, 150  # non-square, so a swapped height / width shows
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(tiny.build("sam3-tracker", root=tmp_path_factory.mktemp("tiny")))
+def checkpoint() -> str:
+    return str(tiny.build("sam3-tracker"))  # the shared cache
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,19 @@ def make_image(seed: int) -> Image.Image:
 BOXES = [(10.0, 10.0, 100.0, 90.0), (50.0, 20.0, 190.0, 140.0), (0.0, 0.0, 200.0, 150.0)]
 
 
-def test_is_a_segmenter(segmenter):
-    assert isinstance(segmenter, Segmenter)
+def test_a_role_server_batch_answers_as_separate_calls(segmenter):
+    """Served as the executor, two samples merged into one batch get the masks each gets alone."""
+    items = [SegmentItem(make_image(0), BOXES), SegmentItem(make_image(1), BOXES[:1])]
+    alone = [segmenter.segment([item])[0] for item in items]
+    server = RoleServer("executor", segmenter, max_wait_s=1.0)
+    try:
+        futures = [server.submit("segment", [item]) for item in items]
+        merged = [f.result()[0] for f in futures]
+    finally:
+        server.close()
+    assert server.batches == 1 and server.requests == 2
+    for got, want in zip(merged, alone):
+        assert all((a == b).mean() > 0.999 for a, b in zip(got, want))
 
 
 def test_one_bool_mask_per_box_at_image_size(segmenter):

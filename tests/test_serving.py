@@ -2,7 +2,9 @@ import threading
 
 import pytest
 
-from rescue_eval.serving import LocalRole, RoleServer
+from rescue_eval.dist.serving import LocalRole, RoleServer
+
+pytestmark = pytest.mark.unit
 
 
 class Doubler:

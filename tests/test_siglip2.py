@@ -7,17 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from models import tiny
-from models.protocols import Scorer
-from models.siglip2 import NEUTRAL_GRAY, Siglip2Scorer, masked_crop
-from rescue_eval.types import ScoreItem
+from rescue_eval.models import tiny
+from rescue_eval.models.siglip2 import NEUTRAL_GRAY, Siglip2Scorer, masked_crop
+from rescue_eval.core.types import ScoreItem
+from rescue_eval.dist.serving import RoleServer
+
+pytestmark = pytest.mark.unit
 
 WIDTH, HEIGHT = 200, 150
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(tiny.build("siglip2", root=tmp_path_factory.mktemp("tiny")))
+def checkpoint() -> str:
+    return str(tiny.build("siglip2"))  # the shared cache
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,20 @@ def rect_mask(x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
 MASKS = [rect_mask(20, 30, 120, 80), rect_mask(100, 50, 190, 140), rect_mask(0, 0, 200, 150)]
 
 
-def test_is_a_scorer(scorer):
-    assert isinstance(scorer, Scorer)
+def test_a_role_server_batch_answers_as_separate_calls(scorer):
+    """Served as the scorer, two samples merged into one batch get the scores each gets alone."""
+    items = [ScoreItem(make_image(0), [rect_mask(10, 10, 100, 80), rect_mask(0, 0, 0, 0)], "a red square"),
+             ScoreItem(make_image(1), [rect_mask(50, 40, 200, 150)], "the blue circle on the left")]
+    alone = [scorer.score([item])[0] for item in items]
+    server = RoleServer("scorer", scorer, max_wait_s=1.0)
+    try:
+        futures = [server.submit("score", [item]) for item in items]
+        merged = [f.result()[0] for f in futures]
+    finally:
+        server.close()
+    assert server.batches == 1 and server.requests == 2
+    assert np.allclose(np.concatenate(merged), np.concatenate(alone), rtol=0, atol=1e-6)
+    assert merged[0][1] == 0.0  # an empty mask scores 0
 
 
 def test_masked_crop_adds_margin_and_grays_the_outside():

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from test_e2e import SCORES, scores
+from tests.helpers import SCORES, scores
+
+pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = ROOT / "launchers" / "slurm"
@@ -188,10 +190,11 @@ def test_usr1_requeues_and_the_job_runs_again_while_scancel_stays_a_cancel(slurm
         # A user's scancel: the TERM trap must not requeue it.
         _run(["scancel", jid], env, timeout=30)
         _until("the cancelled job to end", lambda: _job(env, jid).get("JobState") in (None, "CANCELLED"), 60)
-        time.sleep(1)
+        # the trap decides, and says so, before the batch shell exits: no later requeue can follow
+        _until("the trap's decision on TERM", lambda: "not requeueing" in job_log.read_text(), 30)
         job = _job(env, jid)
         assert job.get("JobState") in (None, "CANCELLED") and job.get("Restarts", "1") == "1", job
-        assert not events("start", 2)
+        assert job_log.read_text().count(f"requeued job {jid}") == 1 and not events("start", 2)
     finally:
         _run(["scancel", jid], env, timeout=30, check=False)
 

@@ -10,9 +10,7 @@ below reads the log format directly.
 from __future__ import annotations
 
 import io
-import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,12 @@ import pytest
 from PIL import Image
 
 from rescue_eval.config import WandbConfig
-from rescue_eval.masks import encode_rle
-from rescue_eval.tracking import RUN_ID_FILE, WandbTracker, resolve_mode, tracker_for
-from rescue_eval.types import IGNORE, Sample
+from rescue_eval.core.masks import encode_rle
+from rescue_eval.io.tracking import RUN_ID_FILE, WandbTracker, resolve_mode, tracker_for
+from rescue_eval.core.types import IGNORE, Sample
+from tests.helpers import logged_table, read_offline_run
+
+pytestmark = pytest.mark.unit
 
 SECRET_IN_CONFIG = "sk-FAKE-123"
 SECRET_IN_ENV = "sk-FAKE-ENV-456"
@@ -92,64 +93,6 @@ def fake_dataset_and_records() -> tuple[FakeDataset, dict]:
                                 prediction=encode_rle(np.zeros((H, W), dtype=bool))),
                "extra": record("extra", 1.0, prediction=encode_rle(box_mask(0, 5, 0, 5)))}
     return FakeDataset(samples), records
-
-
-def wandb_records(path: Path):
-    """Protobuf Records of a .wandb file: a 7-byte header (":W&B", magic 0xBEE1, version), then
-    LevelDB log blocks of 32 KiB holding chunks with a 7-byte header (crc32, length, type)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    ident, magic, _version = struct.unpack("<4sHB", data[:7])
-    assert (ident, magic) == (b":W&B", 0xBEE1)
-    block, full, last = 32768, 1, 4
-    pos, chunks = 7, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunks += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (full, last):
-            rec = wandb_internal_pb2.Record()
-            rec.ParseFromString(chunks)
-            yield rec
-            chunks = b""
-
-
-def item_key(item) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
-def read_offline_run(out: Path) -> dict:
-    """Config, history, summary and staged artifact files of the one offline run under OUT."""
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
-    (log_file,) = run_dir.glob("run-*.wandb")
-    run = {"dir": run_dir, "config": {}, "history": {}, "summary": {}, "staged": {}}
-    for rec in wandb_records(log_file):
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            run["id"] = rec.run.run_id
-            run["config"].update({item_key(u): json.loads(u.value_json) for u in rec.run.config.update})
-        elif kind == "config":  # later config updates, e.g. the panel of a custom plot
-            run["config"].update({item_key(u): json.loads(u.value_json) for u in rec.config.update})
-        elif kind == "history":
-            for item in rec.history.item:
-                run["history"][item_key(item)] = json.loads(item.value_json)
-        elif kind == "summary":
-            run["summary"].update({item_key(u): json.loads(u.value_json) for u in rec.summary.update})
-        elif kind == "artifact":
-            for entry in rec.artifact.manifest.contents:
-                run["staged"][(rec.artifact.name, entry.path)] = Path(entry.local_path)
-    return run
-
-
-def logged_table(run: dict, key: str) -> dict:
-    """The full JSON of a logged table (from its staged run_table artifact)."""
-    assert run["history"][f"{key}/_type"] == "table-file"
-    assert (run["dir"] / "files" / run["history"][f"{key}/path"]).exists()
-    return json.loads(run["staged"][(f"run-{run['id']}-{key}", f"{key}.table.json")].read_text())
 
 
 def wandb_children() -> list[str]:

@@ -1,17 +1,18 @@
 """What crosses the wire between ranks: original image bytes once per host and sample, masks
 as lossless RLE. (RPC itself is exercised by test_distributed.py under torchrun.)"""
 import io
-import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rescue_eval import masks as masks_mod
-from rescue_eval import transport
-from rescue_eval.serving import RoleServer
-from rescue_eval.transport import DecodedCache, ImageNotCached, pack, unpack
-from rescue_eval.types import DuelItem, JudgeAnswer, Sample, ScoreItem
+from rescue_eval.core import masks as masks_mod
+from rescue_eval.core.types import DuelItem, JudgeAnswer, Sample, ScoreItem
+from rescue_eval.dist import rpc
+from rescue_eval.dist.serving import RoleServer
+from rescue_eval.dist.wire import DecodedCache, ImageNotCached, pack, unpack
+
+pytestmark = pytest.mark.unit
 
 
 def sample_image():
@@ -74,11 +75,11 @@ def test_an_answer_that_cannot_be_packed_comes_back_as_that_requests_error():
         def score(self, batch):
             return [[lambda: None] for _ in batch]
 
-    server = RoleServer("unpicklable", UnpicklableScorer(), max_wait_s=0)
-    transport.host(server)
+    server = RoleServer("scorer", UnpicklableScorer(), max_wait_s=0)
+    rpc.RpcTransport().serve(server)
     try:
         image, _ = sample_image()
-        status, message = transport._serve("unpicklable", "score", pack([ScoreItem(image, [], "q")])).wait()
+        status, message = rpc._serve("scorer", "score", pack([ScoreItem(image, [], "q")])).wait()
     finally:
         server.close()
     assert status == "error" and "pickle" in message.lower()

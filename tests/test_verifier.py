@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from doubles import RuleJudge
-from rescue_eval.masks import encode_rle, iou_rows
-from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, pyramid_order, select_sweep
+from tests.doubles import RuleJudge
+from rescue_eval.core.masks import encode_rle, iou_rows
+from rescue_eval.core.selection import JudgeMemo, PrefixAgreement, VerifierSettings, pyramid_order, select_sweep
+
+pytestmark = pytest.mark.unit
 
 
 def box_mask(h, w, x1, y1, x2, y2):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from rescue_eval.cache import build_once, cache_root
+from rescue_eval.core.cache import build_once, cache_root
 
 PREFIX = "tiny:"
 BUILDERS = {  # name -> module with `build(out_dir: Path) -> None`
-    "qwen3-vl": "models.tiny.qwen3_vl",
-    "sam3-tracker": "models.tiny.sam3_tracker",
-    "siglip2": "models.tiny.siglip2",
+    "qwen3-vl": "rescue_eval.models.tiny.qwen3_vl",
+    "sam3-tracker": "rescue_eval.models.tiny.sam3_tracker",
+    "siglip2": "rescue_eval.models.tiny.siglip2",
 }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 
-from rescue_eval.types import IGNORE, Box
+from rescue_eval.core.types import IGNORE, Box
 
 UNION_EPS = 1e-5  # LISA: iou = intersection / (union + 1e-5)
 

@@ -1,4 +1,5 @@
-"""The four role protocols. Every backend implements one of them, batch-first.
+"""The four role protocols and the dataset protocol. Every backend implements one role
+protocol, batch-first; every dataset module yields a `Dataset`.
 
 A batch is a list of items, one per sample; the answer is a list of the same length and order.
 """
@@ -8,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from rescue_eval.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem, ScoreItem, SegmentItem
+from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem, Sample, ScoreItem, SegmentItem
 
 
 @runtime_checkable
@@ -37,3 +38,23 @@ class Judge(Protocol):
 
     def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
         """A/B comparison: value is "A" or "B", None when the answer cannot be parsed."""
+
+
+ROLE_PROTOCOLS: dict[str, type] = {"planner": Planner, "executor": Segmenter, "scorer": Scorer, "judge": Judge}
+ROLE_NAMES = tuple(ROLE_PROTOCOLS)
+# the methods a role server may be asked to run, by role
+ROLE_METHODS: dict[str, tuple[str, ...]] = {"planner": ("propose",), "executor": ("segment",),
+                                            "scorer": ("score",), "judge": ("rate", "duel")}
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """One split, indexable; row i is `ids[i]`. A row that cannot be read is still a Sample
+    (with `error` set), so it is scored as a failure and never dropped."""
+
+    ids: list[str]
+    subsets: list[str]  # subset names every rank expects (e.g. short / long), fixed up front
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from rescue_eval.masks import decode_rle, overlay
+from rescue_eval.core.masks import decode_rle, overlay
 
 METRIC_POLICY = (
     "Metric policy (LISA's): ground-truth pixels labelled 255 (ReasonSeg 'ignore' polygons) count in "
@@ -157,38 +157,3 @@ def write_overlays(out: Path, records: dict[str, dict], dataset, limit: int) -> 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-
-def rebuild(out: Path) -> dict:
-    """Recompute summary.json from the JSONL records and regenerate the report files.
-
-    Scores come from the records alone; the run's timing, roles and environment are kept from
-    the previous summary when there is one."""
-    import json
-
-    from rescue_eval import config, runner
-    from rescue_eval.errors import UsageError
-    from rescue_eval.metrics import SplitMetrics, record_counts
-    from rescue_eval.results import load_records
-
-    out = Path(out)
-    if not (out / "config.yaml").exists():
-        raise UsageError(f"{out} has no config.yaml; give the output directory of a `rescue-eval run`.")
-    cfg = config.load_yaml(out / "config.yaml")
-    dm = runner.build_data(cfg)
-    settings = runner.settings_of(cfg)
-    records = load_records(out)
-    metrics = SplitMetrics(settings.sweep, dm.subsets)
-    for sample_id in dm.ids:
-        if sample_id in records:
-            metrics.update_record(records[sample_id])
-    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in dm.ids if i in records)}
-    summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
-                                   "n_total": len(dm.ids)})
-    summary.setdefault("mode", cfg.verifier.mode)
-    summary.setdefault("notes", runner.notes_of(cfg, dm))
-    runner.write_summary(out, summary)
-    write_report(out, summary, records, dm.dataset, cfg.run.overlays)
-    return summary

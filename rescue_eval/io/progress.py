@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rescue_eval.results import results_dir
+from rescue_eval.io.results import results_dir
 
 
 class JobProgress:

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from rescue_eval.errors import FatalError, UsageError
+from rescue_eval.core.errors import FatalError, UsageError
 
 
 def results_dir(out: Path) -> Path:

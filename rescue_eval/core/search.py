@@ -1,9 +1,9 @@
-"""The RESCue search over a batch of samples: plan, execute, score, verify, select, record.
+"""The RESCue search of one sample: plan, execute, score, verify, select, record.
 
 Plain functions over data: the roles are any objects that implement the protocols in
-`models/protocols.py`, local or remote. Each stage is one batched call for the whole batch;
-a batch call that raises is retried item by item so the error lands on the sample that caused
-it, and that sample alone is scored as a failure.
+`core/protocols.py`, local or remote. Each stage is one role call with this sample's one item;
+the role server batches the items of the samples in flight, and a stage that fails fails this
+sample alone, which is scored and counted as a failure.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rescue_eval.errors import FatalError
-from rescue_eval.masks import box_iou, encode_rle, intersection_union, iou_rows, mask_box, sample_iou
-from rescue_eval.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
-from rescue_eval.verifier import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep, stable_seed
+from rescue_eval.core.errors import FatalError
+from rescue_eval.core.masks import box_iou, encode_rle, intersection_union, iou_rows, mask_box, sample_iou
+from rescue_eval.core.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
+from rescue_eval.core.selection import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep, stable_seed, strategy
 
 
 @dataclass
@@ -50,28 +50,21 @@ def sweep_values(max_n: int) -> list[int]:
 
 
 class RoleError(Exception):
-    def __init__(self, role: str, cause: BaseException):
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.role = role
+    """A role call failed for this sample (the backend raised, or answered wrongly)."""
 
 
-def call_batched(role: str, fn, items: list) -> list:
-    """fn(items), falling back to one call per item when the batch raises; an item that still
-    fails gets a RoleError in place of its answer."""
-    if not items:
-        return []
+def call_role(role: str, fn, item):
+    """fn([item]) -> the one answer; any failure but a fatal one becomes a RoleError. Batching,
+    and keeping one request's failure from the others of its batch, is the role server's job."""
     try:
-        answers = fn(items)
-        if len(answers) == len(items):
-            return answers
-        error: Exception = RuntimeError(f"returned {len(answers)} answers for {len(items)} items")
+        answers = fn([item])
+        if len(answers) != 1:
+            raise RuntimeError(f"returned {len(answers)} answers for 1 item")
+        return answers[0]
     except FatalError:
         raise
     except Exception as exc:  # noqa: BLE001 - any backend failure becomes a counted failure
-        error = exc
-    if len(items) == 1:
-        return [RoleError(role, error)]
-    return [call_batched(role, fn, [item])[0] for item in items]
+        raise RoleError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def remove_duplicates(hypotheses: list[Hypothesis], iou_threshold: float) -> None:
@@ -105,69 +98,70 @@ class _Work:
     def failed(self) -> bool:
         return self.record["failure"] is not None
 
-
-def _stage(works: list[_Work], name: str, role: str, fn, make_item, store) -> None:
-    """One batched role call for every sample still in the running."""
-    live = [w for w in works if not w.failed]
-    start = time.perf_counter()
-    answers = call_batched(role, fn, [make_item(w) for w in live])
-    per_sample = (time.perf_counter() - start) / max(len(live), 1)
-    for w, answer in zip(live, answers):
-        w.record["timing"][name] = per_sample  # a batched stage's wall time, shared by the batch
-        if isinstance(answer, RoleError):
-            fail(w.record, f"{role}_error", str(answer))
-        else:
-            store(w, answer)
+    def stage(self, name: str, role: str, fn, item):
+        """One role call, timed into the record; None (and the sample failed) when it fails."""
+        start = time.perf_counter()
+        try:
+            return call_role(role, fn, item)
+        except RoleError as exc:
+            fail(self.record, f"{role}_error", str(exc))
+            return None
+        finally:
+            self.record["timing"][name] = time.perf_counter() - start
 
 
-def search_batch(samples: list[Sample], roles: Roles, settings: SearchSettings) -> list[dict]:
-    """Run the whole search for a batch of samples and return one record per sample."""
-    works = [_Work(s, new_record(s, settings.oracle_boxes)) for s in samples]
-    for w in works:
-        if w.sample.error is None:
-            try:
-                w.image = w.sample.decode_image()
-                w.record["image_size"] = [w.image.height, w.image.width]
-                gt = w.sample.gt_mask
-                if settings.scored and (gt is None or gt.shape != (w.image.height, w.image.width)):
-                    w.sample.error = "gt_size_mismatch: ground truth missing or not the image's size"
-            except Exception as exc:  # noqa: BLE001 - unreadable input is a counted failure
-                w.sample.error = f"image_unreadable: {exc}"
-        if w.sample.error is not None:
-            fail(w.record, "bad_input", w.sample.error)
+def search_sample(sample: Sample, roles: Roles, settings: SearchSettings) -> dict:
+    """Run the whole search for one sample and return its record."""
+    w = _Work(sample, new_record(sample, settings.oracle_boxes))
+    if sample.error is None:
+        try:
+            w.image = sample.decode_image()
+            w.record["image_size"] = [w.image.height, w.image.width]
+            gt = sample.gt_mask
+            if settings.scored and (gt is None or gt.shape != (w.image.height, w.image.width)):
+                sample.error = "gt_size_mismatch: ground truth missing or not the image's size"
+        except Exception as exc:  # noqa: BLE001 - unreadable input is a counted failure
+            sample.error = f"image_unreadable: {exc}"
+    if sample.error is not None:
+        fail(w.record, "bad_input", sample.error)
+    if not w.failed:
+        gt_box = mask_box(sample.gt_mask == 1) if settings.oracle_boxes else None
+        hypotheses = w.stage("plan", "planner", roles.planner.propose,
+                             PlanItem(w.image, sample.query, settings.max_n,
+                                      stable_seed(settings.seed, sample.id), gt_box=gt_box))
+        if hypotheses is not None:
+            store_hypotheses(w, hypotheses, settings)
+    if not w.failed:
+        masks = w.stage("execute", "executor", roles.executor.segment,
+                        SegmentItem(w.image, [h.box for h in w.hypotheses]))
+        if masks is not None:
+            w.masks = [np.asarray(m, dtype=bool) for m in masks]
+    if not w.failed:
+        scores = w.stage("score", "scorer", roles.scorer.score, ScoreItem(w.image, w.masks, sample.query))
+        if scores is not None:
+            w.siglip = [float(x) for x in scores]
+    if not w.failed:
+        start = time.perf_counter()
+        try:
+            verify(w, roles, settings)
+        except FatalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a judge that raises fails this sample only
+            fail(w.record, "judge_error", f"{type(exc).__name__}: {exc}")
+        w.record["timing"]["verify"] = time.perf_counter() - start
+    finish_record(w, settings)
+    return w.record
 
-    def store_hypotheses(w: _Work, hs: list[Hypothesis]) -> None:
-        hs = sorted(hs, key=lambda h: h.index)  # the protocol's order, which prefixes rely on
-        remove_duplicates(hs, settings.dedup_iou)
-        w.hypotheses = [h for h in hs if h.status == "ok"]
-        if not w.hypotheses:
-            fail(w.record, "no_hypothesis", f"none of {len(hs)} planner outputs gave a usable box")
-        w.record["hypotheses"] = [dict(vars(h)) for h in hs]  # flat: no deep copy (asdict) needed
-        w.record["vlm"]["planner_tokens_in"] = sum(h.tokens_in for h in hs)
-        w.record["vlm"]["planner_tokens_out"] = sum(h.tokens_out for h in hs)
 
-    _stage(works, "plan", "planner", roles.planner.propose,
-           lambda w: PlanItem(w.image, w.sample.query, settings.max_n, stable_seed(settings.seed, w.sample.id),
-                              gt_box=mask_box(w.sample.gt_mask == 1) if settings.oracle_boxes else None),
-           store_hypotheses)
-    _stage(works, "execute", "executor", roles.executor.segment,
-           lambda w: SegmentItem(w.image, [h.box for h in w.hypotheses]),
-           lambda w, masks: setattr(w, "masks", [np.asarray(m, dtype=bool) for m in masks]))
-    _stage(works, "score", "scorer", roles.scorer.score,
-           lambda w: ScoreItem(w.image, w.masks, w.sample.query),
-           lambda w, scores: setattr(w, "siglip", [float(x) for x in scores]))
-    for w in works:
-        if not w.failed:
-            start = time.perf_counter()
-            try:
-                verify(w, roles, settings)
-            except FatalError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a judge that raises fails this sample only
-                fail(w.record, "judge_error", f"{type(exc).__name__}: {exc}")
-            w.record["timing"]["verify"] = time.perf_counter() - start
-        finish_record(w, settings)
-    return [w.record for w in works]
+def store_hypotheses(w: _Work, hs: list[Hypothesis], settings: SearchSettings) -> None:
+    hs = sorted(hs, key=lambda h: h.index)  # the protocol's order, which prefixes rely on
+    remove_duplicates(hs, settings.dedup_iou)
+    w.hypotheses = [h for h in hs if h.status == "ok"]
+    if not w.hypotheses:
+        fail(w.record, "no_hypothesis", f"none of {len(hs)} planner outputs gave a usable box")
+    w.record["hypotheses"] = [dict(vars(h)) for h in hs]  # flat: no deep copy (asdict) needed
+    w.record["vlm"]["planner_tokens_in"] = sum(h.tokens_in for h in hs)
+    w.record["vlm"]["planner_tokens_out"] = sum(h.tokens_out for h in hs)
 
 
 def new_record(sample: Sample, oracle_boxes: bool = False) -> dict:
@@ -204,7 +198,7 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
             candidate.update(intersection=inter, union=union, iou=sample_iou(inter, union))
         w.record["candidates"].append(candidate)
     memo = None
-    if roles.judge is not None and settings.verifier.mode == "comparative":
+    if roles.judge is not None and strategy(settings.verifier).uses_judge:
         memo = JudgeMemo(roles.judge.rate, roles.judge.duel, w.image, w.masks, w.sample.query,
                          stable_seed(settings.seed, w.sample.id, "judge"), settings.verifier.duel_order)
     for n, sel in select_sweep(sizes, agree, w.siglip, memo, settings.verifier).items():

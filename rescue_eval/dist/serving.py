@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-PROTOCOL_METHODS = ("propose", "segment", "score", "rate", "duel")
+from rescue_eval.core.protocols import ROLE_METHODS
 
 
 @dataclass
@@ -131,6 +131,6 @@ class LocalRole:
         self.name = server.name
 
     def __getattr__(self, method: str):
-        if method not in PROTOCOL_METHODS:
+        if method not in ROLE_METHODS.get(self.name, ()):
             raise AttributeError(method)
         return lambda batch: self.server.call(method, batch)

@@ -9,7 +9,7 @@ can reach a model on another machine:
 A server hosts one role and answers POST on any path (clients use /segment, /score or the path
 of their URL, e.g. /verify). It has no authentication: it listens on 127.0.0.1 unless told
 `--host 0.0.0.0`. Requests arriving on concurrent connections are merged into batches by a
-RoleServer (rescue_eval/serving.py), whose one thread calls the backend, so backends need not be
+RoleServer (rescue_eval/dist/serving.py), whose one thread calls the backend, so backends need not be
 thread-safe. A request that cannot be read gets 400, a backend error 500, both {"error": "..."}.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from models.http_roles import PROTOCOLS, RoleProtocol
-from rescue_eval.serving import RoleServer
+from rescue_eval.models.http_roles import PROTOCOLS, RoleProtocol
+from rescue_eval.dist.serving import RoleServer
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
-from rescue_eval.config import WandbConfig
-from rescue_eval.masks import decode_rle
-from rescue_eval.types import IGNORE
+from rescue_eval.core.masks import decode_rle
+from rescue_eval.core.types import IGNORE
 
 log = logging.getLogger("rescue_eval")
 
@@ -24,6 +25,16 @@ REDACTED = "***"
 TABLE_SECTIONS = {"per_n", "roles"}  # summary sections logged as tables, not as scalars
 ROLE_COLUMNS = ["requests", "batches", "mean_batch", "busy_fraction", "mean_queue_wait_s"]
 GT_IGNORE_CLASS = 2  # ground-truth 255 shown as its own mask class (wandb mask ids are small ints)
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    mode: Literal["auto", "offline", "online"] = "auto"  # auto: online only when credentials exist
+    project: str = "rescue-eval"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    table_samples: int = 16  # rows of the logged sample table (image, ground truth, prediction)
 
 
 def resolve_mode(settings_mode: str) -> str:

@@ -1,26 +1,34 @@
 """The Verifier: choose one mask among candidates (plain functions over arrays, no process group).
 
-Per candidate set: "cut the chase" when the masks already agree, else a hybrid score
-(VLM rating + SigLIP2 + agreement) and a pyramid tournament of A/B duels judged by the VLM.
+Selection strategies are registered in `STRATEGIES` (`verifier.mode` picks one) and implement
+`SelectionStrategy.select_sweep`: choose for every N of the sweep at once, each N using only
+its own candidates (the first N hypotheses').
+- `heuristic`: the best hybrid of SigLIP2 and agreement, no VLM.
+- `comparative`: "cut the chase" when the masks already agree, else a hybrid score (VLM rating
+  + SigLIP2 + agreement) and a pyramid tournament of A/B duels judged by the VLM.
 The judge is reached through `JudgeMemo`, which asks each question once per sample, so the
-per-N sweep reuses pointwise ratings and duels while still counting the calls an N-run makes.
-`select_sweep` chooses for every N of the sweep at once: one judge call for all the ratings,
-then one per tournament round for the duels of every N (the tournaments are independent).
+per-N sweep reuses pointwise ratings and duels while still counting the calls an N-run makes:
+one judge call for all the ratings, then one per tournament round for the duels of every N.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Protocol
 
 import numpy as np
 
-from rescue_eval.types import DuelItem, JudgeAnswer, RateItem
+from rescue_eval.core.registry import Registry
+from rescue_eval.core.types import DuelItem, JudgeAnswer, RateItem
+
+STRATEGIES = Registry("selection strategy", "verifier.mode")
+STRATEGIES.register("comparative", "rescue_eval.core.selection:ComparativeSelection")
+STRATEGIES.register("heuristic", "rescue_eval.core.selection:HeuristicSelection")
 
 
 @dataclass
 class VerifierSettings:
-    mode: Literal["comparative", "heuristic"] = "comparative"
+    mode: Literal[STRATEGIES.names()] = "comparative"
     weight_vlm: float = 0.5
     weight_siglip: float = 0.35
     weight_agreement: float = 0.15
@@ -136,43 +144,75 @@ def pyramid_order(n: int) -> list[int]:
     return ranks
 
 
-def needs_judge(k: int, agree: PrefixAgreement, settings: VerifierSettings) -> bool:
-    """Whether choosing among the first k candidates asks the VLM (comparative mode, several
-    candidates, and they do not already agree)."""
-    return settings.mode == "comparative" and k >= 2 and agree.mean_iou(k) <= settings.cut_the_chase
+class SelectionStrategy(Protocol):
+    uses_judge: bool  # whether the job needs a judge role for it
+
+    def select_sweep(self, sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float],
+                     judge: JudgeMemo | None, settings: VerifierSettings) -> dict[int, Selection]:
+        """A Selection for every N of `sizes` (N -> candidates among the first N hypotheses, always
+        the first k of the sample's list), each made from those k candidates alone."""
+
+
+def strategy(settings: VerifierSettings) -> SelectionStrategy:
+    return STRATEGIES.get(settings.mode)()
 
 
 def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo | None,
                  settings: VerifierSettings) -> dict[int, Selection]:
-    """Choose for every N of the sweep (`sizes`: N -> candidates among the first N hypotheses,
-    always the first k of the sample's list), each using only its own candidates. The judge is
-    asked in as few calls as the sets allow: every rating at once, then each tournament round's
-    duels of all sets at once."""
-    judged = {n: judge is not None and needs_judge(k, agree, settings) for n, k in sizes.items()}
-    if any(judged.values()):
-        judge.rate(list(range(max(k for n, k in sizes.items() if judged[n]))))
-    selections, tournaments = {}, {}
-    for n, k in sizes.items():
-        if k == 0:
-            selections[n] = Selection(None)
-        elif k == 1:
-            selections[n] = Selection(0, hybrid=[1.0])
-        elif judged[n]:
-            tournaments[n] = _Tournament(_judged_hybrid(k, agree, siglip, judge, settings))
-        else:
-            sig = np.asarray(siglip[:k], dtype=np.float64)
-            w_s, w_a = settings.weight_siglip, settings.weight_agreement
-            hybrid = (w_s * sig + w_a * agree.agreement(k)) / max(w_s + w_a, 1e-12)
-            best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
-            selections[n] = Selection(best, cut_the_chase=agree.mean_iou(k) > settings.cut_the_chase,
-                                      hybrid=hybrid.tolist())
-    while live := [t for t in tournaments.values() if not t.done]:
-        for t, result in zip(live, judge.duels([t.next_pair() for t in live])):
-            t.play(result)
-    for n, t in tournaments.items():
-        calls = len(t.hybrid) + len(t.challengers) * judge.duel_calls()
-        selections[n] = Selection(t.winner, judge_calls=calls, hybrid=t.hybrid.tolist())
-    return dict(sorted(selections.items()))
+    """The configured strategy's selections for every N of the sweep."""
+    return strategy(settings).select_sweep(sizes, agree, siglip, judge, settings)
+
+
+def heuristic_selection(k: int, agree: PrefixAgreement, siglip: list[float], settings: VerifierSettings) -> Selection:
+    """Among the first k candidates, the best hybrid of SigLIP2 and agreement, no VLM."""
+    if k == 0:
+        return Selection(None)
+    if k == 1:
+        return Selection(0, hybrid=[1.0])
+    sig = np.asarray(siglip[:k], dtype=np.float64)
+    w_s, w_a = settings.weight_siglip, settings.weight_agreement
+    hybrid = (w_s * sig + w_a * agree.agreement(k)) / max(w_s + w_a, 1e-12)
+    best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
+    return Selection(best, cut_the_chase=agree.mean_iou(k) > settings.cut_the_chase, hybrid=hybrid.tolist())
+
+
+class HeuristicSelection:
+    uses_judge = False
+
+    def select_sweep(self, sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float],
+                     judge: JudgeMemo | None, settings: VerifierSettings) -> dict[int, Selection]:
+        return {n: heuristic_selection(k, agree, siglip, settings) for n, k in sorted(sizes.items())}
+
+
+class ComparativeSelection:
+    """The VLM decides where the candidates disagree: a hybrid score with its ratings, then a
+    pyramid tournament of duels; sets that agree (or have under two candidates) are chosen as
+    the heuristic would, without the VLM."""
+
+    uses_judge = True
+
+    @staticmethod
+    def needs_judge(k: int, agree: PrefixAgreement, settings: VerifierSettings) -> bool:
+        return k >= 2 and agree.mean_iou(k) <= settings.cut_the_chase
+
+    def select_sweep(self, sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float],
+                     judge: JudgeMemo | None, settings: VerifierSettings) -> dict[int, Selection]:
+        judged = {n: judge is not None and self.needs_judge(k, agree, settings) for n, k in sizes.items()}
+        if any(judged.values()):
+            judge.rate(list(range(max(k for n, k in sizes.items() if judged[n]))))
+        selections, tournaments = {}, {}
+        for n, k in sizes.items():
+            if judged[n]:
+                tournaments[n] = _Tournament(_judged_hybrid(k, agree, siglip, judge, settings))
+            else:
+                selections[n] = heuristic_selection(k, agree, siglip, settings)
+        while live := [t for t in tournaments.values() if not t.done]:
+            for t, result in zip(live, judge.duels([t.next_pair() for t in live])):
+                t.play(result)
+        for n, t in tournaments.items():
+            calls = len(t.hybrid) + len(t.challengers) * judge.duel_calls()
+            selections[n] = Selection(t.winner, judge_calls=calls, hybrid=t.hybrid.tolist())
+        return dict(sorted(selections.items()))
 
 
 def _judged_hybrid(k: int, agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo,

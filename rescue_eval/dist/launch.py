@@ -1,0 +1,76 @@
+"""Who this process is in the job, and the process group the ranks share.
+
+Rank, world size, local rank and node rank come from Lightning's cluster environments: torchrun
+(TorchElastic), SLURM (a job started by plain `srun`, one task per GPU) or one plain process.
+The process group is gloo: it only carries the metric sync and a few small collectives.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Launch:
+    rank: int
+    world: int
+    local_rank: int
+    node_rank: int
+    launcher: str  # torchrun, slurm or single
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def detect() -> Launch:
+    """This process's place in the job, from the environment it was started in."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    for name, env_class in (("torchrun", TorchElasticEnvironment), ("slurm", SLURMEnvironment)):
+        if env_class.detect():
+            env = env_class()
+            if name == "slurm":  # torchrun sets these itself; srun leaves them to the job
+                env.main_address, env.main_port  # noqa: B018 - fills MASTER_ADDR / MASTER_PORT
+            return Launch(env.global_rank(), env.world_size(), env.local_rank(), env.node_rank(), name)
+    return Launch(0, 1, 0, 0, "single")
+
+
+def init_process_group(launch: Launch, timeout_s: float) -> dist.Store:
+    """The gloo group of all ranks, from the env:// rendezvous; returns the store this round uses.
+
+    torchrun keeps one store for the whole job, so after a restart (--max-restarts) the keys of
+    the previous round are still there and would send the new ranks to dead addresses: each
+    round's keys get a prefix of their own.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    store, _, _ = next(dist.rendezvous("env://", rank=launch.rank, world_size=launch.world, timeout=timeout))
+    store = dist.PrefixStore(f"rescue-eval/round-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group("gloo", store=store, rank=launch.rank, world_size=launch.world, timeout=timeout)
+    return store
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_from_rank0(value, world: int):
+    """`value` of rank 0 on every rank."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj, world: int) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if world == 1:
+        return [obj]
+    box = [None] * world
+    dist.all_gather_object(box, obj)
+    return box

@@ -1,0 +1,77 @@
+"""Role calls between ranks behind one protocol; `dist.transport` picks one from `TRANSPORTS`.
+
+A transport starts after the process group (it may rendezvous through the group's store),
+makes the role servers of this rank reachable (`serve`), gives clients for roles hosted on
+other ranks (`client`: an object with the role's protocol methods), and stops: gracefully once
+no rank needs the roles served here, or at once when this rank failed (`abort`).
+
+A backend's error travels back as a value and is raised on the caller as a RoleCallError (that
+sample's failure); a transport failure (a rank gone, a timeout) is a TransportError, which stops
+the job instead of being recorded as failed samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from rescue_eval.core.errors import FatalError, UsageError
+from rescue_eval.core.registry import Registry
+from rescue_eval.dist.serving import RoleServer
+
+TRANSPORTS = Registry("transport", "dist.transport")
+TRANSPORTS.register("rpc", "rescue_eval.dist.rpc:RpcTransport")
+TRANSPORTS.register("local", "rescue_eval.dist.transport:LocalTransport")
+
+
+@dataclass
+class DistConfig:
+    transport: Literal[TRANSPORTS.names()] = "rpc"  # role calls to other ranks; local: one process only
+    timeout_s: float = 86400.0  # collectives: ranks may finish their shards hours apart
+    rpc_timeout_s: float = 1800.0  # one role call, its queueing included
+
+
+class TransportError(FatalError):
+    """The transport itself failed: the job cannot go on correctly."""
+
+
+class RoleCallError(RuntimeError):
+    """The remote backend raised; the message names the role and the error."""
+
+
+class Transport(Protocol):
+    def start(self, store, rank: int, world: int, settings: DistConfig) -> None: ...
+
+    def serve(self, server: RoleServer) -> None: ...
+
+    def client(self, role: str, hosts: list[int]) -> object: ...
+
+    def stop(self) -> None:
+        """Wait until no rank needs the roles served here, then leave."""
+
+    def abort(self) -> None:
+        """Leave without waiting for the other ranks (this rank failed)."""
+
+
+class LocalTransport:
+    """Every role this process calls is served in it (one process, or every role placed on all
+    ranks): there is nothing to reach."""
+
+    def start(self, store, rank: int, world: int, settings: DistConfig) -> None:
+        pass
+
+    def serve(self, server: RoleServer) -> None:
+        pass
+
+    def client(self, role: str, hosts: list[int]) -> object:
+        raise UsageError(f"{role} is placed on ranks {hosts}, which this process cannot reach with the local "
+                         f"transport; use --dist.transport rpc.")
+
+    def stop(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def make_transport(name: str) -> Transport:
+    return TRANSPORTS.get(name)()

@@ -1,0 +1,95 @@
+"""The output directory of a job: its config.yaml, the dataset and notes it reports, and
+`rescue-eval report OUT`, which rebuilds summary.json and the report from the records alone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from rescue_eval import config as config_mod
+from rescue_eval.config import Config
+from rescue_eval.core.errors import UsageError
+from rescue_eval.core.metrics import SplitMetrics, record_counts
+from rescue_eval.core.search import SearchSettings
+from rescue_eval.io.report import write_report
+from rescue_eval.io.results import load_records
+from rescue_eval.io.summary import environment, write_summary
+
+
+def prepare_output(out: Path, cfg: Config) -> None:
+    """Create OUT and its config.yaml, or check that an existing OUT was made by the same config."""
+    path = out / "config.yaml"
+    if path.exists():
+        previous = yaml.safe_load(path.read_text(encoding="utf-8"))
+        diff = config_mod.result_affecting_diff(previous, config_mod.to_dict(cfg))
+        if diff and not cfg.run.force:
+            raise UsageError(f"{out} holds results of a different config ({', '.join(diff)}); "
+                             f"use another --output, or --run.force true to resume it anyway.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        header = "".join(f"# {k}: {v}\n" for k, v in environment().items())
+        path.write_text("# resolved configuration of this run\n" + header + config_mod.to_yaml(cfg), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"Cannot write to the output directory {out} ({exc.strerror}); "
+                         f"choose a writable --output.") from exc
+
+
+def settings_of(cfg: Config) -> SearchSettings:
+    return SearchSettings(max_n=cfg.planner.max_n, dedup_iou=cfg.planner.dedup_iou, seed=cfg.run.seed,
+                          verifier=cfg.verifier, oracle_boxes=cfg.planner.backend == "gt_box")
+
+
+def datamodule_of(cfg: Config):
+    """The config's data module, not yet prepared or set up."""
+    from rescue_eval.datamodules import build_datamodule
+
+    d = cfg.data
+    return build_datamodule(d.name, root=d.root, split=d.split, fraction=d.fraction, fraction_seed=d.fraction_seed)
+
+
+def notes_of(cfg: Config) -> list[str]:
+    """What a reader of the scores must know about how they were made."""
+    notes = []
+    if cfg.planner.backend == "gt_box":
+        notes.append("ORACLE ABLATION: the planner proposed jittered ground-truth boxes (planner.backend gt_box); "
+                     "these scores are not comparable with any real planner's.")
+    tiny = [r for r in ("planner", "executor", "scorer", "judge") if getattr(cfg, r).checkpoint.startswith("tiny:")]
+    if tiny:
+        notes.append(f"{', '.join(tiny)} use tiny random-weight checkpoints: the scores test the harness, "
+                     f"not a model.")
+    if cfg.data.name == "reasonseg_parquet":
+        notes.append("parquet ReasonSeg masks were made with astype(bool): ignore pixels count as foreground, "
+                     "so scores are not strictly comparable with LISA's folder-format evaluation.")
+    if cfg.data.fraction < 1:
+        notes.append(f"evaluated a deterministic {cfg.data.fraction:.0%} subset (seed {cfg.data.fraction_seed}).")
+    return notes
+
+
+def rebuild(out: Path) -> dict:
+    """Recompute summary.json from the JSONL records and regenerate the report files.
+
+    Scores come from the records alone; the run's timing, roles and environment are kept from
+    the previous summary when there is one."""
+    out = Path(out)
+    if not (out / "config.yaml").exists():
+        raise UsageError(f"{out} has no config.yaml; give the output directory of a `rescue-eval run`.")
+    cfg = config_mod.load_yaml(out / "config.yaml")
+    dm = datamodule_of(cfg)
+    dm.prepare_data()
+    dm.setup("predict")
+    dataset = dm.dataset
+    records = load_records(out)
+    metrics = SplitMetrics(settings_of(cfg).sweep, dataset.subsets)
+    for sample_id in dataset.ids:
+        if sample_id in records:
+            metrics.update_record(records[sample_id])
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in dataset.ids if i in records)}
+    summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
+                                   "n_total": len(dataset.ids)})
+    summary.setdefault("mode", cfg.verifier.mode)
+    summary.setdefault("notes", notes_of(cfg))
+    write_summary(out, summary)
+    write_report(out, summary, records, dataset, cfg.run.overlays)
+    return summary
