@@ -1,6 +1,7 @@
 """Lenient parsers for VLM answers: boxes, ratings and A/B verdicts. They never raise.
 
-Models wrap JSON in ```json fences, prose or <think> blocks, stop mid-answer at the token
+Models wrap JSON in ```json fences, prose or <think> blocks (only what follows the block is the
+answer; reasoning cut short by the token limit is no answer), stop mid-answer at the token
 limit, quote numbers, rename keys and return lists of objects; a random-weight or unconstrained
 model returns anything at all. Each parser tries real JSON first, then a regex over the text,
 and reports what it could not use instead of raising.
@@ -37,18 +38,19 @@ _SCORE_RE = re.compile(r"(?:score|rating|grade)\W{0,4}(" + NUMBER + ")", re.IGNO
 _OUT_OF_TEN_RE = re.compile(r"(" + NUMBER + r")\s*/\s*10\b")
 _VERDICT_RE = re.compile(r"(?i:winner|answer|better|verdict)\W{0,4}(?i:image |mask )?([AB])\b")
 _THINK_END_RE = re.compile(r"</think(?:ing)?>", re.IGNORECASE)
+_THINK_START_RE = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
 _DECODER = json.JSONDecoder()
 
 BoxStatus = Literal["ok", "parse_error", "degenerate"]
 
 
-def parse_box(text: str, width: int, height: int) -> tuple[Box | None, BoxStatus]:
+def parse_box(text: str, width: int, height: int, thinking: bool = False) -> tuple[Box | None, BoxStatus]:
     """A pixel xyxy box from an answer on the 0..1000 grid (or in 0..1 fractions), or None and why not.
 
     "parse_error": no four coordinates found; "degenerate": found, but not finite or under
     1 px wide or high once ordered and clamped to the image.
     """
-    for candidate in _answer_candidates(text):
+    for candidate in _answer_candidates(text, thinking):
         for value in _json_values(candidate):
             coords = _box_from_json(value)
             if coords is not None:
@@ -59,17 +61,17 @@ def parse_box(text: str, width: int, height: int) -> tuple[Box | None, BoxStatus
     return None, "parse_error"
 
 
-def parse_rating(text: str) -> float | None:
+def parse_rating(text: str, thinking: bool = False) -> float | None:
     """A 0..10 score as a value in [0, 1] (clamped), None when no finite score is found."""
-    for candidate in _answer_candidates(text):
+    for candidate in _answer_candidates(text, thinking):
         score = _score_from_text(candidate)
         if score is not None and math.isfinite(score):
             return min(max(score, 0.0), SCORE_MAX) / SCORE_MAX
     return None
 
 
-def parse_verdict(text: str) -> Literal["A", "B"] | None:
-    for candidate in _answer_candidates(text):
+def parse_verdict(text: str, thinking: bool = False) -> Literal["A", "B"] | None:
+    for candidate in _answer_candidates(text, thinking):
         for value in _json_values(candidate):
             if isinstance(value, dict):
                 for key in VERDICT_KEYS:
@@ -88,12 +90,18 @@ def parse_verdict(text: str) -> Literal["A", "B"] | None:
 # ---- shared helpers ----------------------------------------------------------------------
 
 
-def _answer_candidates(text: str) -> list[str]:
-    """The answer after the last </think> (or </thinking>) first (reasoning may mention other
-    boxes), then the whole text (the answer may sit inside an unclosed think block)."""
+def _answer_candidates(text: str, thinking: bool = False) -> list[str]:
+    """Where the answer is: after the last </think> (or </thinking>) when there is one, since
+    reasoning mentions other boxes and echoes the answer format ('{"winner": "A"} or ...').
+    Reasoning that never closed (an opening <think> without its end, or `thinking`: a model
+    whose template opened the block in the prompt) was cut short: there is no answer in it."""
     text = text if isinstance(text, str) else str(text)
     ends = list(_THINK_END_RE.finditer(text))
-    return [text[ends[-1].end():], text] if ends else [text]
+    if ends:
+        return [text[ends[-1].end():]]
+    if thinking or _THINK_START_RE.search(text):
+        return []
+    return [text]
 
 
 def _json_values(text: str) -> Iterator[object]:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from rescue_eval.models.loading import check_loading_info
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.models.vlm_requests import check_plan_settings, duel_request, plan_rows, rate_request, to_hypothesis
 from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
@@ -34,14 +35,23 @@ class Generation:
 class LoadedVLM:
     """One Qwen3-VL model + processor; planner and judge on the same checkpoint share it."""
 
-    def __init__(self, path: str, device: str, dtype: str):
+    def __init__(self, path: str, device: str, dtype: str, role: str = "planner"):
         import torch
-        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(path)
         self.processor.tokenizer.padding_side = "left"  # generate appends on the right
-        self.model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
-        self.model.to(device).eval()
+        # the Auto class: Qwen3-VL-30B-A3B is qwen3_vl_moe, which the dense class would load with
+        # random MLPs and only a warning
+        model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                                  output_loading_info=True)
+        check_loading_info(role, path, info)
+        self.model = model.to(device).eval()
+        # a Thinking checkpoint's template opens <think> in the generation prompt: its answer is
+        # what follows </think>, and text without it is reasoning cut short, not an answer
+        probe = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
+        self.thinking = self.processor.apply_chat_template(probe, add_generation_prompt=True,
+                                                           tokenize=False).rstrip().endswith("<think>")
         self.device = device
         eos = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
         self.stop_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -110,12 +120,12 @@ _LOADED: dict[tuple[str, str, str], LoadedVLM] = {}
 _LOADED_LOCK = threading.Lock()
 
 
-def load_shared(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> LoadedVLM:
+def load_shared(checkpoint: str, device: str = "cpu", dtype: str = "float32", role: str = "planner") -> LoadedVLM:
     """The model for (checkpoint, device, dtype), loaded on first request only."""
     with _LOADED_LOCK:
         key = (resolve_checkpoint(checkpoint), device, dtype)  # `tiny:x` and its path are one model
         if key not in _LOADED:
-            _LOADED[key] = LoadedVLM(*key)
+            _LOADED[key] = LoadedVLM(*key, role=role)
         return _LOADED[key]
 
 
@@ -150,7 +160,7 @@ class GumbelSampler:
 
 class Qwen3VLPlanner:
     """Planner: item.n box hypotheses per item; hypothesis k uses strategy k % len(strategies),
-    temperature k % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
+    temperature (k // len(strategies)) % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
@@ -180,7 +190,7 @@ class Qwen3VLJudge:
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16):
-        self.vlm = load_shared(checkpoint, device, dtype)
+        self.vlm = load_shared(checkpoint, device, dtype, role="judge")
         self.max_new_tokens = max_new_tokens
         self.structured_output = structured_output
         self.max_batch = max_batch
@@ -198,5 +208,6 @@ class Qwen3VLJudge:
             end = start + self.max_batch
             generations = self.vlm.generate(conversations[start:end], images[start:end], self.max_new_tokens,
                                             schema if self.structured_output else None)
-            answers += [JudgeAnswer(parse(g.text), g.text, g.tokens_in, g.tokens_out) for g in generations]
+            answers += [JudgeAnswer(parse(g.text, thinking=self.vlm.thinking), g.text, g.tokens_in, g.tokens_out)
+                        for g in generations]
         return answers

@@ -4,25 +4,66 @@
 as an exemplar and return every similar object, which is not what a hypothesis means). The
 expensive part is the image encoder, so each image is encoded once and all its boxes are
 decoded together from that embedding.
+
+Checked against transformers 5.24 (models/sam3_tracker, models/sam3) and facebookresearch/sam3
+(sam1_task_predictor.py, vl_combiner.py, utils/sam1_utils.py):
+- facebook/sam3 is a `sam3_video` checkpoint: `AutoProcessor` returns its Sam3VideoProcessor or
+  Sam3Processor (boxes as [0, 1] cxcywh exemplars, no `post_process_masks`), so the tracker's
+  processor is loaded by name. `Sam3TrackerModel` reads the checkpoint's `tracker_config`.
+- Its neck has four levels (scale factors 4, 2, 1, 0.5). `Sam3TrackerModel` adds the no-memory
+  embedding to the last level and then keeps the first three, so the 1x map the decoder reads
+  would not get it; SAM 3's predictor drops the 0.5x level first (scalp=1). The neck is cut to
+  the tracker's levels after loading, which gives SAM 3's order.
+- SAM 3's predictor fills background holes of up to 256 px in the low-resolution logits before
+  upscaling (max_hole_area); transformers' `post_process_masks` accepts but ignores that option
+  (a TODO in 5.24), so `fill_holes` does it here.
+- A checkpoint that loads with missing or mismatched weights is an error, not a warning.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.core.types import SegmentItem
+from rescue_eval.models.loading import check_loading_info
+from rescue_eval.models.tiny import resolve_checkpoint
+
+MAX_HOLE_AREA = 256  # SAM 3's predictor: background holes up to this many low-res pixels are filled
+
+
+def fill_holes(logits, max_hole_area: float = MAX_HOLE_AREA, threshold: float = 0.0):
+    """Low-resolution mask logits (..., h, w) with every background component (8-connected) of at
+    most `max_hole_area` pixels turned foreground, as SAM 3's predictor does before upscaling."""
+    import cv2
+    import torch
+
+    out = logits.float().clone()
+    flat = out.view(-1, *out.shape[-2:])
+    for k in range(flat.shape[0]):
+        background = (flat[k] <= threshold).numpy().astype(np.uint8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=8)
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= max_hole_area)
+        small = small[small > 0]  # label 0 is the foreground
+        if small.size:
+            flat[k][torch.from_numpy(np.isin(labels, small))] = threshold + 10.0
+    return out
 
 
 class Sam3TrackerSegmenter:
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32"):
         import torch
-        from transformers import AutoProcessor, Sam3TrackerModel
+        from transformers import Sam3TrackerModel, Sam3TrackerProcessor
 
         path = resolve_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
-        self.processor = AutoProcessor.from_pretrained(path)
-        self.model = Sam3TrackerModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.processor = Sam3TrackerProcessor.from_pretrained(path)
+        model, info = Sam3TrackerModel.from_pretrained(path, dtype=self.dtype, output_loading_info=True)
+        check_loading_info("executor", checkpoint, info)
+        neck = model.vision_encoder.neck
+        levels = len(model.backbone_feature_sizes)
+        if len(neck.fpn_layers) > levels:  # the 0.5x level is the concept detector's
+            neck.fpn_layers = neck.fpn_layers[:levels]
+        self.model = model.to(self.device).eval()
 
     def segment(self, batch: list[SegmentItem]) -> list[list[np.ndarray]]:
         import torch
@@ -53,7 +94,8 @@ class Sam3TrackerSegmenter:
             input_boxes=prompts["input_boxes"].to(self.device, self.dtype),
             multimask_output=False,  # a box is one instance: take the decoder's single best mask
         )
-        # pred_masks: 1 image x boxes x 1 mask x low-res h x w logits; upscaled to the original
-        # image size and thresholded at 0 by the processor.
-        masks = self.processor.post_process_masks(outputs.pred_masks.float().cpu(), prompts["original_sizes"])[0]
+        # pred_masks: 1 image x boxes x 1 mask x low-res h x w logits; small holes filled, then
+        # upscaled to the original image size and thresholded at 0 by the processor.
+        low_res = fill_holes(outputs.pred_masks.float().cpu())
+        masks = self.processor.post_process_masks(low_res, prompts["original_sizes"])[0]
         return [mask.numpy().astype(bool) for mask in masks[:, 0]]

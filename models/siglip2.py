@@ -13,6 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from rescue_eval.models.loading import check_loading_info
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.core.masks import mask_box
 from rescue_eval.core.types import ScoreItem
@@ -56,7 +57,9 @@ class Siglip2Scorer:
         # class default (256).
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
-        self.model = AutoModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        model, info = AutoModel.from_pretrained(path, dtype=self.dtype, output_loading_info=True)
+        check_loading_info("scorer", checkpoint, info)
+        self.model = model.to(self.device).eval()
 
     def score(self, batch: list[ScoreItem]) -> list[list[float]]:
         import torch

@@ -23,7 +23,9 @@ renderers/chat_utils/chat_message.py, engine/arg_utils.py, v1/worker/gpu_worker.
   `tensor_parallel_size: T` uses GPUs K..K+T-1. A vLLM without `device_ids` can only use
   GPUs 0..T-1 of the visible ones.
 - The engine runs in its own process (vLLM's default, VLLM_ENABLE_V1_MULTIPROCESSING=1), so it
-  builds its own process group beside the harness's torch.distributed one. With
+  builds its own process group beside the harness's torch.distributed one. vLLM's default start
+  method for its workers is fork unless CUDA is initialised, and a forked worker inherits the
+  harness's initialised process group: VLLM_WORKER_MULTIPROC_METHOD=spawn is set unless given. With
   VLLM_ENABLE_V1_MULTIPROCESSING=0 under torchrun it would join the rank's group and fail its
   world-size check; that combination is refused.
 """
@@ -118,6 +120,10 @@ class VLLMEngine:
                                  f"CUDA_VISIBLE_DEVICES and set --{role}.device cuda:0.")
             placement["device_ids"] = gpus
         self.settings = (len(gpus), gpu_memory_utilization)
+        # Engines are built after the harness's gloo group (and RPC) are up: a worker forked now
+        # would inherit that initialised torch.distributed state and skip or hang in its own
+        # group set-up, so vLLM's workers are spawned (a user's own choice is kept).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = vllm.LLM(model=path, dtype=dtype, tensor_parallel_size=len(gpus),
                             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
                             limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT, "video": 0}, **placement)

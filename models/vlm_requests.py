@@ -1,9 +1,9 @@
 """What a VLM backend is asked and how its answers become results, shared by every backend
 (transformers, vLLM, OpenAI-compatible servers) so they differ only in how they generate.
 
-Planner: item.n hypotheses per item; hypothesis k uses strategy k % len(strategies),
-temperature k % len(temperatures) and seed hypothesis_seed(item.seed, k), so hypothesis k is the
-same whatever n is. Judge: the masks are drawn in red on the image (rescue_eval.core.masks.overlay).
+Planner: item.n hypotheses per item; hypothesis k uses strategy k % S, temperature
+(k // S) % T (`plan_setting`: every strategy meets every temperature) and seed
+hypothesis_seed(item.seed, k), so hypothesis k is the same whatever n is. Judge: the masks are drawn in red on the image (rescue_eval.core.masks.overlay).
 """
 from __future__ import annotations
 
@@ -45,9 +45,15 @@ def check_plan_settings(strategies: Sequence[str] | None, temperatures: Sequence
     return chosen, temps
 
 
+def plan_setting(k: int, strategies: list[str], temperatures: list[float]) -> tuple[str, float]:
+    """Strategy and temperature of hypothesis k, crossed: the strategies take turns, and each
+    round through them uses the next temperature, so the first S x T hypotheses cover every pair
+    (k % S and k % T together would lock each strategy to one temperature when S is a multiple of T)."""
+    return strategies[k % len(strategies)], temperatures[(k // len(strategies)) % len(temperatures)]
+
+
 def plan_rows(batch: list[PlanItem], strategies: list[str], temperatures: list[float]) -> list[PlanRow]:
-    return [PlanRow(i, k, strategies[k % len(strategies)], temperatures[k % len(temperatures)],
-                    hypothesis_seed(item.seed, k))
+    return [PlanRow(i, k, *plan_setting(k, strategies, temperatures), hypothesis_seed(item.seed, k))
             for i, item in enumerate(batch) for k in range(item.n)]  # (item, k) order
 
 

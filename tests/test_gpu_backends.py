@@ -5,6 +5,7 @@ one-sentence errors that name the fix, and the ROCm CPU fallback of torchvision'
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import types
 from contextlib import nullcontext
@@ -75,11 +76,19 @@ def test_plan_requests_ask_what_the_transformers_backend_asks_with_per_hypothesi
         shared, images = without_images(messages)
         assert shared == plan_messages(item.query, strategies[row.index % len(strategies)])
         assert images == [item.image] and images[0] is item.image
-        assert sampling == {"temperature": TEMPERATURES[row.index % 3], "seed": hypothesis_seed(item.seed, row.index),
+        assert sampling == {"temperature": row.temperature, "seed": hypothesis_seed(item.seed, row.index),
                             "max_tokens": 40,
                             "structured_outputs": {"json": PLAN_SCHEMA, "disable_any_whitespace": True}}
     seeds = [sampling["seed"] for _, (_, sampling) in planned]
     assert len(set(seeds)) == len(seeds)  # every hypothesis its own sample
+
+
+def test_eighteen_hypotheses_cross_every_strategy_with_every_temperature():
+    """Six strategies and three temperatures: k % 6 and k % 3 would give only six of the 18 pairs."""
+    strategies = list(STRATEGIES)
+    rows = plan_rows([PlanItem(make_image(0), "q", n=18, seed=0)], strategies, [0.3, 0.7, 1.0])
+    assert len(strategies) == 6 and len({(row.strategy, row.temperature) for row in rows}) == 18
+    assert len({(row.strategy, row.temperature) for row in rows[:6]}) == 6
 
 
 def test_schema_only_with_structured_output():
@@ -151,6 +160,17 @@ def fake_vllm(monkeypatch, gpus):
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     return vllm
+
+
+def test_engine_workers_are_spawned_not_forked(fake_vllm, monkeypatch):
+    """A forked worker would inherit the harness's initialised torch.distributed group."""
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    VLLMPlanner(CHECKPOINT, device="cuda:0")
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "forkserver")  # the user's choice is kept
+    monkeypatch.setattr(vllm_backend, "_ENGINES", {})
+    VLLMPlanner(CHECKPOINT, device="cuda:0")
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "forkserver"
 
 
 def test_planner_and_judge_share_one_engine_with_prefix_caching(fake_vllm):

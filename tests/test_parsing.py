@@ -27,7 +27,6 @@ W, H = 640, 480  # non-square, so swapped x/y scaling would show
     ('```json\n{"bbox_2d": [100, 200, 300, 400]}\n```', (64.0, 96.0, 192.0, 192.0)),
     ('The knife is here: {"bbox_2d": [100, 200, 300, 400]} as requested.', (64.0, 96.0, 192.0, 192.0)),
     ('<think>maybe {"bbox_2d":[1,2,3,4]}</think>{"bbox_2d":[100,200,300,400]}', (64.0, 96.0, 192.0, 192.0)),
-    ('<think>unclosed reasoning {"bbox_2d":[100,200,300,400]}', (64.0, 96.0, 192.0, 192.0)),
     ('[{"bbox_2d": [100, 200, 300, 400], "label": "knife"}, {"bbox_2d": [0, 0, 10, 10]}]',
      (64.0, 96.0, 192.0, 192.0)),
     ('{"bbox_2d": ["100", "200", "300", "400"]}', (64.0, 96.0, 192.0, 192.0)),
@@ -171,7 +170,8 @@ def test_parse_box_never_raises_and_boxes_are_valid(text, width, height):
 
 @settings(max_examples=1000, deadline=None)
 @given(key=st.sampled_from(["bbox_2d", "bbox", "box", "Bbox_2d"]), coords=one_convention,
-       wrap=st.sampled_from(WRAPPERS[:3] + WRAPPERS[5:7]), width=image_side, height=image_side)
+       wrap=st.sampled_from(WRAPPERS[:2] + WRAPPERS[5:7] + ["<think>the box is {}</think>{}"]),
+       width=image_side, height=image_side)
 def test_whole_boxes_in_any_convention_are_found(key, coords, wrap, width, height):
     text = wrap.replace("{}", '{"%s": [%s]}' % (key, ", ".join(coords)))
     box, status = parse_box(text, width, height)
@@ -221,3 +221,21 @@ def test_rating_and_verdict_never_raise(text):
 @given(score=st.integers(-20, 30))
 def test_rating_scale(score):
     assert parse_rating(json.dumps({"score": score})) == pytest.approx(min(max(score, 0), 10) / 10)
+
+
+@pytest.mark.parametrize("text, thinking", [
+    ('<think>The format is {"winner": "A"} or {"winner": "B"}; A looks', False),  # cut short, opened here
+    ('The format is {"winner": "A"} or {"winner": "B"}; A looks', True),  # cut short, opened by the template
+    ('Score: 0 would mean the wrong object, so', True),
+    ('<think>{"bbox_2d":[100,200,300,400]} seems right</think>', False),  # nothing after the reasoning
+])
+def test_reasoning_cut_short_is_no_answer(text, thinking):
+    assert parse_verdict(text, thinking=thinking) is None
+    assert parse_rating(text, thinking=thinking) is None
+    assert parse_box(text, 640, 480, thinking=thinking) == (None, "parse_error")
+
+
+def test_the_answer_after_the_reasoning_is_read_in_thinking_mode():
+    text = 'Score: 0 would mean no match; {"winner": "A"} is the format. The mask fits.</think>\n{"score": 7}'
+    assert parse_rating(text, thinking=True) == 0.7
+    assert parse_verdict('A or B? A is cut off.</think>{"winner":"B"}', thinking=True) == "B"

@@ -81,7 +81,7 @@ def test_hypotheses_in_index_order_with_their_strategy_temperature_and_seed(plan
     strategies = list(STRATEGIES)
     assert [h.index for h in hypotheses] == list(range(8))
     assert [h.strategy for h in hypotheses] == [strategies[k % len(strategies)] for k in range(8)]
-    assert [h.temperature for h in hypotheses] == [(0.3, 0.7, 1.0)[k % 3] for k in range(8)]
+    assert [h.temperature for h in hypotheses] == [0.3] * 6 + [0.7] * 2  # a round of strategies per temperature
     assert [h.seed for h in hypotheses] == [hypothesis_seed(7, k) for k in range(8)]
     assert len({h.seed for h in hypotheses}) == 8
     for h in hypotheses:
@@ -164,3 +164,23 @@ def test_hypothesis_seed_is_stable():
     assert (hypothesis_seed(0, 0), hypothesis_seed(7, 1)) == (397177969892602525, 5350016461766785891)
     assert len({hypothesis_seed(s, k) for s in range(20) for k in range(20)}) == 400
     assert all(0 <= hypothesis_seed(s, 3) < 2**63 for s in (-1, 0, 2**70))
+
+
+def test_a_checkpoint_with_missing_weights_is_refused(checkpoint, tmp_path):
+    """Loaded into a class whose weights it lacks (the dense class on an MoE checkpoint, say),
+    the model would run on random weights: that is an error naming the checkpoint, not a warning."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rescue_eval.core.errors import UsageError
+    from rescue_eval.models.qwen3_vl import LoadedVLM
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    weights = load_file(broken / "model.safetensors")
+    dropped = sorted(k for k in weights if "mlp" in k)[:2]
+    save_file({k: v for k, v in weights.items() if k not in dropped}, broken / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(UsageError, match=r"judge.checkpoint .*2 weight\(s\) missing"):
+        LoadedVLM(str(broken), "cpu", "float32", role="judge")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from rescue_eval.models import tiny
-from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter
+from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter, fill_holes
 from rescue_eval.core.types import SegmentItem
 from rescue_eval.dist.serving import RoleServer
 
@@ -110,9 +110,11 @@ def test_deterministic_build_and_load_round_trip(checkpoint, tmp_path):
     from transformers import AutoProcessor, Sam3TrackerModel, Sam3TrackerProcessor
 
     model = Sam3TrackerModel.from_pretrained(checkpoint)
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    assert isinstance(processor, Sam3TrackerProcessor)
+    processor = Sam3TrackerProcessor.from_pretrained(checkpoint)
     assert processor.image_processor.size["height"] == model.config.prompt_encoder_config.image_size == 224
+    # like facebook/sam3, the checkpoint names another processor: AutoProcessor is the wrong door
+    with pytest.raises(OSError, match="video processor"):
+        AutoProcessor.from_pretrained(checkpoint)
 
     rebuilt_dir = tiny.build("sam3-tracker", root=tmp_path)
     assert (rebuilt_dir / "model.safetensors").stat().st_size < 1_000_000
@@ -127,3 +129,35 @@ def test_tiny_spec_builds_into_the_cache(tmp_path, monkeypatch):
     assert (tmp_path / "tiny" / "sam3-tracker" / "config.json").exists()
     [masks] = segmenter.segment([SegmentItem(make_image(9), BOXES[:1])])
     assert masks[0].shape == (HEIGHT, WIDTH)
+
+
+def test_the_decoder_reads_the_1x_level_with_the_no_memory_embedding(segmenter, checkpoint):
+    """SAM 3's order: the 0.5x level is dropped before the no-memory embedding is added, so the
+    1x map the mask decoder reads carries it (transformers adds it to the dropped level)."""
+    import torch
+    from transformers import Sam3TrackerModel
+
+    model = segmenter.model
+    assert len(model.vision_encoder.neck.fpn_layers) == len(model.backbone_feature_sizes) == 3
+    raw = Sam3TrackerModel.from_pretrained(checkpoint).eval()
+    assert len(raw.vision_encoder.neck.fpn_layers) == 4  # the twin has facebook/sam3's four levels
+    pixels = segmenter.processor(images=[make_image(3)], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        fixed = model.get_image_embeddings(pixels)[-1]
+        levels = raw.get_image_features(pixels).fpn_hidden_states
+        one_x = levels[2] + raw.no_memory_embedding
+        expected = one_x.permute(1, 2, 0).view(1, -1, *raw.backbone_feature_sizes[-1])
+        assert torch.allclose(fixed, expected, atol=1e-6)
+        assert not torch.allclose(raw.get_image_embeddings(pixels)[-1], expected, atol=1e-6)
+
+
+def test_small_background_holes_are_filled_as_sam3_does():
+    import torch
+
+    logits = torch.full((1, 1, 1, 40, 40), -5.0)
+    logits[..., 5:35, 5:35] = 5.0
+    logits[..., 10:13, 10:13] = -5.0  # a 9-pixel hole inside the object: filled
+    filled = fill_holes(logits, max_hole_area=16)
+    assert (filled[..., 10:13, 10:13] > 0).all()
+    assert (filled[..., :5, :] < 0).all()  # the background around it is one big component: kept
+    assert (fill_holes(logits, max_hole_area=4)[..., 10:13, 10:13] < 0).all()

@@ -154,3 +154,21 @@ def test_a_judge_that_answers_too_few_ratings_or_duels_is_an_error():
         make(masks, ShortJudge(masks[0])).rate([0, 1, 2])
     with pytest.raises(RuntimeError, match="0 verdicts for 1 duels"):
         make(masks, ShortJudge(masks[0])).duels([(0, 1)])
+
+
+def test_a_judge_error_on_one_question_is_that_questions_unusable_answer():
+    """A raising duel (or rating) costs that question, counted, and the hybrid decides it;
+    the other questions of the same call are still asked."""
+    masks = [box_mask(10, 10, 0, 0, 3 + i, 3) for i in range(3)]
+
+    class FlakyJudge(RuleJudge):
+        def duel(self, batch):
+            if any(item.mask_a is masks[2] or item.mask_b is masks[2] for item in batch):
+                raise ConnectionError("judge server restarted")
+            return super().duel(batch)
+
+    memo = make(masks, FlakyJudge(masks[0]))
+    winners = memo.duels([(0, 1), (0, 2)])
+    assert winners[0] == 0 and winners[1] is None  # asked alone after the batch raised
+    assert memo.errors == 1 and memo.unusable == 1
+    assert "judge error: ConnectionError" in memo.answers[-1]["raw_text"]

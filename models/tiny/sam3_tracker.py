@@ -3,9 +3,14 @@
 Same classes and file layout as the real `facebook/sam3` tracker, scaled down: 224 px input,
 patch 14 (a 16 x 16 token grid), a 2-layer ViT of width 32 and a 32-wide prompt encoder / mask
 decoder. About 0.5 MB; random weights, so its masks are arbitrary but deterministic.
+
+Kept as the real checkpoint has them: four FPN levels (scale factors 4, 2, 1, 0.5; the tracker
+uses the first three), and a processor config that names the checkpoint's own processor
+(`Sam3VideoProcessor`), which `AutoProcessor` would return instead of the tracker's.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 IMAGE_SIZE = 224
@@ -36,12 +41,12 @@ def build(out_dir: Path) -> None:
         window_size=grid // 2,  # layer 0 windowed, layer 1 global, as in the real model's mix
         global_attn_indexes=[1],
     )
-    # The tracker uses three FPN levels (4x, 2x, 1x the token grid); the real model's 0.5x level
-    # only serves the concept detector, so it is left out here.
+    # Four FPN levels as in facebook/sam3: the tracker uses 4x, 2x and 1x the token grid, the
+    # 0.5x level serves the concept detector (models/sam3_tracker.py drops it, as SAM 3 does).
     vision = Sam3VisionConfig(
         backbone_config=backbone,
         fpn_hidden_size=HIDDEN,
-        scale_factors=[4.0, 2.0, 1.0],
+        scale_factors=[4.0, 2.0, 1.0, 0.5],
         backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]],
     )
     config = Sam3TrackerConfig(
@@ -55,10 +60,18 @@ def build(out_dir: Path) -> None:
         },
     )
     torch.manual_seed(0)
-    Sam3TrackerModel(config).eval().save_pretrained(out_dir)
+    model = Sam3TrackerModel(config).eval()
+    with torch.no_grad():  # trained in the real model; zeros at init would hide where it is added
+        model.no_memory_embedding.normal_(std=0.02)
+    model.save_pretrained(out_dir)
 
     image_processor = Sam3ImageProcessor(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         mask_size={"height": 4 * grid, "width": 4 * grid},
     )
     Sam3TrackerProcessor(image_processor=image_processor).save_pretrained(out_dir)
+    # facebook/sam3's processor config names its video processor, not the tracker's
+    processor_config = out_dir / "processor_config.json"
+    settings = json.loads(processor_config.read_text())
+    settings["processor_class"] = "Sam3VideoProcessor"
+    processor_config.write_text(json.dumps(settings, indent=2))

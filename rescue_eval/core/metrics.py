@@ -124,7 +124,7 @@ def record_counts(records) -> dict:
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}  # failed samples by the reason prefix of their error
     warnings: dict[str, int] = {}  # loaded, but worth knowing (e.g. gt_empty, polygon_short)
-    vlm = {"judge_calls": 0, "judge_unusable": 0, "planner_tokens_in": 0, "planner_tokens_out": 0,
+    vlm = {"judge_calls": 0, "judge_unusable": 0, "judge_errors": 0, "planner_tokens_in": 0, "planner_tokens_out": 0,
            "judge_tokens_in": 0, "judge_tokens_out": 0}
     for rec in records:
         for h in rec["hypotheses"]:

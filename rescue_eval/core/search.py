@@ -208,7 +208,7 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
         for p, candidate in enumerate(w.record["candidates"]):
             candidate["vlm"] = memo.ratings.get(p)
         w.record["judge"] = memo.answers
-        w.record["vlm"].update(judge_calls=len(memo.answers), judge_unusable=memo.unusable,
+        w.record["vlm"].update(judge_calls=len(memo.answers), judge_unusable=memo.unusable, judge_errors=memo.errors,
                                judge_tokens_in=sum(a["tokens_in"] for a in memo.answers),
                                judge_tokens_out=sum(a["tokens_out"] for a in memo.answers))
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Literal, Protocol
 
 import numpy as np
 
+from rescue_eval.core.errors import FatalError
 from rescue_eval.core.registry import Registry
 from rescue_eval.core.types import DuelItem, JudgeAnswer, RateItem
 
@@ -61,12 +62,26 @@ class JudgeMemo:
         self.ratings: dict[int, float | None] = {}
         self.duels_won: dict[tuple[int, int], int | None] = {}  # (i, j), i < j -> winner
         self.answers: list[dict] = []  # every question asked, for the record
-        self.unusable = 0  # answers that could not be parsed (the hybrid score decides instead)
+        self.unusable = 0  # answers that could not be parsed or asked (the hybrid score decides instead)
+        self.errors = 0  # questions whose call raised (counted in `unusable` too)
+
+    def _ask(self, fn, items: list) -> list[JudgeAnswer]:
+        """fn(items); when that raises, each question alone, and one that still raises is an
+        unusable answer (counted) rather than the sample's failure: the hybrid decides it."""
+        try:
+            return fn(items)
+        except FatalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a judge error costs this question only
+            if len(items) > 1:
+                return [answer for item in items for answer in self._ask(fn, [item])]
+            self.errors += 1
+            return [JudgeAnswer(None, f"judge error: {type(exc).__name__}: {exc}")]
 
     def rate(self, positions: list[int]) -> list[float | None]:
         missing = [p for p in positions if p not in self.ratings]
         if missing:
-            answers = self._rate([RateItem(self.image, self.masks[p], self.query) for p in missing])
+            answers = self._ask(self._rate, [RateItem(self.image, self.masks[p], self.query) for p in missing])
             if len(answers) != len(missing):
                 raise RuntimeError(f"the judge gave {len(answers)} ratings for {len(missing)} masks")
             for p, a in zip(missing, answers):
@@ -92,8 +107,8 @@ class JudgeMemo:
             else:  # a fair coin per pair, so neither the incumbent nor the lower index is always "A"
                 asked[key] = [key[::-1] if stable_seed(self.seed, "duel", *key) % 2 else key]
         shown = [order for orders in asked.values() for order in orders]
-        verdicts = self._duel([DuelItem(self.image, self.masks[a], self.masks[b], self.query)
-                               for a, b in shown]) if shown else []
+        verdicts = self._ask(self._duel, [DuelItem(self.image, self.masks[a], self.masks[b], self.query)
+                                          for a, b in shown]) if shown else []
         if len(verdicts) != len(shown):
             raise RuntimeError(f"the judge gave {len(verdicts)} verdicts for {len(shown)} duels")
         answers = iter(verdicts)

@@ -71,6 +71,7 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
         vlm = summary.get("vlm", {})
         if vlm.get("judge_calls"):
             lines.append(f"Judge answers: {vlm['judge_calls']}, of which {vlm['judge_unusable']} unusable "
+                         f"({vlm.get('judge_errors', 0)} of them calls that raised) "
                          f"(the hybrid score decided instead).")
     roles = summary.get("roles", {})
     if roles:

@@ -1,0 +1,16 @@
+"""Checks shared by the adapters that load transformers checkpoints."""
+from __future__ import annotations
+
+from rescue_eval.core.errors import UsageError
+
+
+def check_loading_info(role: str, checkpoint: str, info: dict) -> None:
+    """`from_pretrained(..., output_loading_info=True)`'s report: weights the model expects but the
+    checkpoint lacks (or has in another shape) would be random, so that is an error, not a
+    warning (e.g. a Qwen3-VL MoE checkpoint loaded into the dense class)."""
+    missing, mismatched = sorted(info.get("missing_keys") or ()), sorted(map(str, info.get("mismatched_keys") or ()))
+    if missing or mismatched:
+        example = (missing or mismatched)[:3]
+        raise UsageError(f"{role}.checkpoint {checkpoint!r} does not fit its model class: {len(missing)} weight(s) "
+                         f"missing and {len(mismatched)} of another shape (e.g. {', '.join(example)}); point "
+                         f"--{role}.checkpoint at a checkpoint of that role, or pick the role's matching backend.")
