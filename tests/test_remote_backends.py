@@ -142,7 +142,7 @@ def test_planner_sends_one_seeded_request_per_hypothesis(chat_server, remote):
 
     assert [h.index for h in hypotheses] == [0, 1, 2]
     assert [h.seed for h in hypotheses] == [hypothesis_seed(7, k) for k in range(3)]
-    assert [h.temperature for h in hypotheses] == [0.3, 0.7, 0.3]
+    assert [h.temperature for h in hypotheses] == [0.3, 0.3, 0.3]  # one round of the six strategies per temperature
     assert [h.strategy for h in hypotheses] == list(STRATEGIES)[:3]
     for h in hypotheses:  # 0..1000 grid -> pixels of the 200x100 image
         assert (h.status, h.box, h.tokens_in, h.tokens_out) == ("ok", (20.0, 20.0, 60.0, 40.0), 11, 5)
