@@ -19,7 +19,8 @@ from benchmarks.synthetic import Cost, SyntheticJudge
 from benchmarks.table import Row
 from rescue_eval.core.masks import encode_rle, iou_rows
 from rescue_eval.core.search import sweep_values
-from rescue_eval.core.selection import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep
+from rescue_eval.core.agreement import PrefixAgreement
+from rescue_eval.core.selection import JudgeMemo, VerifierSettings, select_sweep
 
 COUNTS = (16, 64, 256)
 LIMIT_MB = 64
@@ -36,7 +37,7 @@ def peak_extra_mb(masks: list[np.ndarray]) -> float:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     sizes = {n: n for n in sweep_values(len(masks))}
-    agree = PrefixAgreement(iou_rows(rles), [*sizes.values(), len(rles)])
+    agree = PrefixAgreement(iou_rows(rles), {n: [1] * k for n, k in sizes.items()})
     agree.agreement(len(rles))
     memo = JudgeMemo(judge.rate, judge.duel, image, masks, "the query", 0, settings.duel_order)
     select_sweep(sizes, agree, siglip, memo, settings)

@@ -155,7 +155,7 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
             stages[k] = stages.get(k, 0.0) + v
     summary.update(
         dataset={"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)},
-        mode=cfg.verifier.mode, world_size=world, notes=notes_of(cfg),
+        mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=world, notes=notes_of(cfg),
         oracle_boxes=cfg.planner.backend == "gt_box",
         roles=merge_role_stats([g["roles"] for g in gathered]),
         timing={"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,

@@ -89,6 +89,7 @@ def rebuild(out: Path) -> dict:
     summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
                                    "n_total": len(dataset.ids)})
     summary.setdefault("mode", cfg.verifier.mode)
+    summary.setdefault("siglip_scaling", cfg.verifier.siglip_scaling)
     summary.setdefault("notes", notes_of(cfg))
     write_summary(out, summary)
     write_report(out, summary, records, dataset, cfg.run.overlays)

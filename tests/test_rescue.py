@@ -76,6 +76,7 @@ def test_record_contents_and_duplicates():
     rec = search_sample(sample(0), roles(), settings(8))
     statuses = [h["status"] for h in rec["hypotheses"]]
     assert statuses[2] == "duplicate" and statuses[3] == "parse_error"
+    assert rec["hypotheses"][2]["duplicate_of"] == 0  # its vote goes to hypothesis 0
     assert [c["index"] for c in rec["candidates"]] == [0, 1, 4, 5, 6, 7]
     assert rec["failure"] is None and rec["iou"] == pytest.approx(1.0, abs=1e-6)  # the judge finds box 1
     assert decode_rle(rec["prediction"]).shape == (H, W)

@@ -4,7 +4,8 @@ from PIL import Image
 
 from tests.doubles import RuleJudge
 from rescue_eval.core.masks import encode_rle, iou_rows
-from rescue_eval.core.selection import JudgeMemo, PrefixAgreement, VerifierSettings, pyramid_order, select_sweep
+from rescue_eval.core.agreement import PrefixAgreement
+from rescue_eval.core.selection import JudgeMemo, VerifierSettings, pyramid_order, select_sweep
 
 pytestmark = pytest.mark.unit
 
@@ -34,8 +35,13 @@ def select(k, agree, siglip, judge, settings):
     return select_sweep({k: k}, agree, siglip, judge, settings)[k]
 
 
+def ones(*sizes):
+    """Every candidate one vote, for N = each size (no duplicates)."""
+    return {k: [1] * k for k in sizes}
+
+
 def agree_of(masks):
-    return PrefixAgreement(iou_rows([encode_rle(m) for m in masks]), range(len(masks) + 1))
+    return PrefixAgreement(iou_rows([encode_rle(m) for m in masks]), ones(*range(len(masks) + 1)))
 
 
 def test_iou_rows_on_rle_match_naive_empty_masks_included():
@@ -59,7 +65,7 @@ def test_iou_rows_for_hundreds_of_candidates():
 
 def test_agreement_within_each_prefix_and_pyramid_ranks():
     iou = np.array([[1, 0.5, 0.1], [0.5, 1, 0.3], [0.1, 0.3, 1.0]])
-    agree = PrefixAgreement(iter(iou), [1, 2, 3])
+    agree = PrefixAgreement(iter(iou), ones(1, 2, 3))
     np.testing.assert_allclose(agree.agreement(3), [0.3, 0.4, 0.2])
     assert agree.mean_iou(3) == pytest.approx(0.3)
     np.testing.assert_allclose(agree.agreement(2), [0.5, 0.5])  # the first two only
@@ -67,6 +73,18 @@ def test_agreement_within_each_prefix_and_pyramid_ranks():
     np.testing.assert_allclose(agree.agreement(1), [1.0])
     assert pyramid_order(1) == [] and pyramid_order(2) == [1] and pyramid_order(8) == [1, 2, 4]
     assert pyramid_order(9) == [1, 2, 4, 8]
+
+
+def test_a_duplicate_keeps_its_vote():
+    """Hypotheses 0, 1, 2: 1 repeats 0 (dropped before segmentation), 2 is another object. By
+    hand over the three hypotheses' masks (0 and 1 identical, IoU 0.1 with 2): hypothesis 0 agrees
+    (1 + 0.1) / 2, hypothesis 2 agrees (0.1 + 0.1) / 2, and the pairs average 0.4."""
+    iou = np.array([[1.0, 0.1], [0.1, 1.0]])  # the two kept candidates: hypotheses 0 and 2
+    agree = PrefixAgreement(iter(iou), {3: [2, 1], 1: [1]})
+    np.testing.assert_allclose(agree.agreement(3), [0.55, 0.1])
+    assert agree.mean_iou(3) == pytest.approx((1 + 0.1 + 0.1) * 2 / 6)
+    without_votes = PrefixAgreement(iter(iou), {3: [1, 1]})
+    np.testing.assert_allclose(without_votes.agreement(3), [0.1, 0.1])  # what dropping the vote gave
 
 
 def test_prefix_agreement_equals_agreement_on_the_prefix_alone():

@@ -15,7 +15,8 @@ import numpy as np
 from rescue_eval.core.errors import FatalError
 from rescue_eval.core.masks import box_iou, encode_rle, intersection_union, iou_rows, mask_box, sample_iou
 from rescue_eval.core.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
-from rescue_eval.core.selection import JudgeMemo, PrefixAgreement, VerifierSettings, select_sweep, stable_seed, strategy
+from rescue_eval.core.agreement import PrefixAgreement
+from rescue_eval.core.selection import JudgeMemo, VerifierSettings, select_sweep, stable_seed, strategy
 
 
 @dataclass
@@ -71,16 +72,24 @@ def remove_duplicates(hypotheses: list[Hypothesis], iou_threshold: float) -> Non
     """Mark as duplicate every box too close to an earlier kept one, in index order.
 
     Greedy in the planner's fixed order keeps the result prefix-consistent: the kept set among
-    the first N hypotheses is what an N-hypothesis run would keep.
+    the first N hypotheses is what an N-hypothesis run would keep. A duplicate names the kept
+    hypothesis it repeats (`duplicate_of`), whose vote it adds to.
     """
     kept = []
     for h in hypotheses:
         if h.status != "ok":
             continue
-        if any(box_iou(h.box, k.box) > iou_threshold for k in kept):
-            h.status = "duplicate"
+        same = next((k for k in kept if box_iou(h.box, k.box) > iou_threshold), None)
+        if same is not None:
+            h.status, h.duplicate_of = "duplicate", same.index
         else:
             kept.append(h)
+
+
+def votes(kept: list[Hypothesis], duplicates: list[Hypothesis], n: int) -> list[int]:
+    """For each kept hypothesis among the first n, the hypotheses among the first n it stands for:
+    itself and its duplicates."""
+    return [1 + sum(d.duplicate_of == h.index and d.index < n for d in duplicates) for h in kept if h.index < n]
 
 
 @dataclass
@@ -90,7 +99,8 @@ class _Work:
     sample: Sample
     record: dict
     image: object = None
-    hypotheses: list = None
+    all_hypotheses: list = None  # every planner output, in index order
+    hypotheses: list = None  # those kept as candidates
     masks: list = None
     siglip: list = None
 
@@ -156,6 +166,7 @@ def search_sample(sample: Sample, roles: Roles, settings: SearchSettings) -> dic
 def store_hypotheses(w: _Work, hs: list[Hypothesis], settings: SearchSettings) -> None:
     hs = sorted(hs, key=lambda h: h.index)  # the protocol's order, which prefixes rely on
     remove_duplicates(hs, settings.dedup_iou)
+    w.all_hypotheses = hs
     w.hypotheses = [h for h in hs if h.status == "ok"]
     if not w.hypotheses:
         fail(w.record, "no_hypothesis", f"none of {len(hs)} planner outputs gave a usable box")
@@ -187,9 +198,10 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     gt = w.sample.gt_mask
     rles = [encode_rle(m) for m in w.masks]  # free for masks that came over the wire
     # candidates are in hypothesis order, so the first N hypotheses' candidates are a prefix
-    sizes = {n: sum(h.index < n for h in w.hypotheses) for n in settings.sweep}
-    agree = PrefixAgreement(iou_rows(rles), [*sizes.values(), len(rles)])
-    with_all = agree.agreement(len(rles))
+    duplicates = [h for h in w.all_hypotheses if h.status == "duplicate"]
+    agree = PrefixAgreement(iou_rows(rles), {n: votes(w.hypotheses, duplicates, n) for n in settings.sweep})
+    sizes = {n: agree.size(n) for n in settings.sweep}
+    with_all = agree.agreement(settings.max_n)
     for p, (h, mask) in enumerate(zip(w.hypotheses, w.masks)):
         candidate = {"index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": rles[p],
                      "siglip": w.siglip[p], "agreement": float(with_all[p])}

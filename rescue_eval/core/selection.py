@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 
+from rescue_eval.core.agreement import PrefixAgreement
 from rescue_eval.core.errors import FatalError
 from rescue_eval.core.registry import Registry
 from rescue_eval.core.types import DuelItem, JudgeAnswer, RateItem
@@ -35,6 +36,7 @@ class VerifierSettings:
     weight_agreement: float = 0.15
     cut_the_chase: float = 0.85  # mean pairwise IoU above which the VLM is skipped
     duel_order: Literal["random", "both"] = "random"
+    siglip_scaling: Literal["minmax", "raw"] = "minmax"  # minmax: within each candidate set, as the original
 
 
 @dataclass
@@ -127,29 +129,6 @@ class JudgeMemo:
                              "tokens_in": a.tokens_in, "tokens_out": a.tokens_out})
 
 
-class PrefixAgreement:
-    """How well candidates agree (mask IoU) within the first k candidates of a sample, for each
-    k asked for (one per N of the sweep: the first N hypotheses). Built from the IoU matrix one
-    row at a time (masks.iou_rows), keeping per-prefix sums only: memory O(N x len(sizes)), never
-    N x N, let alone N x H x W."""
-
-    def __init__(self, iou_rows: Iterable[np.ndarray], sizes: Iterable[int]):
-        self._sums = {k: np.zeros(k) for k in set(sizes)}  # k -> IoU of each with the others among the first k
-        for i, row in enumerate(iou_rows):
-            totals = np.cumsum(row)
-            for k, sums in self._sums.items():
-                if i < k:
-                    sums[i] = totals[k - 1] - row[i]
-
-    def agreement(self, k: int) -> np.ndarray:
-        """Mean IoU of each of the first k candidates with the other k - 1 (1.0 for a lone one)."""
-        return self._sums[k] / (k - 1) if k > 1 else np.ones(k)
-
-    def mean_iou(self, k: int) -> float:
-        """Mean IoU over the pairs among the first k candidates (1.0 below two)."""
-        return float(self._sums[k].sum() / (k * (k - 1))) if k > 1 else 1.0
-
-
 def pyramid_order(n: int) -> list[int]:
     """Ranks that meet the winner so far: 1, 2, 4, 8, ... below n."""
     ranks, r = [], 1
@@ -178,17 +157,29 @@ def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[flo
     return strategy(settings).select_sweep(sizes, agree, siglip, judge, settings)
 
 
-def heuristic_selection(k: int, agree: PrefixAgreement, siglip: list[float], settings: VerifierSettings) -> Selection:
-    """Among the first k candidates, the best hybrid of SigLIP2 and agreement, no VLM."""
+def siglip_scores(siglip: list[float], k: int, settings: VerifierSettings) -> np.ndarray:
+    """The first k candidates' SigLIP2 scores as the hybrid uses them. `minmax` (the original
+    verifier's) rescales them to [0, 1] within the candidate set: raw sigmoid scores of masked
+    crops against long queries are tiny and nearly equal, so unscaled they barely move the
+    hybrid. Equal scores carry no preference: all 0."""
+    sig = np.asarray(siglip[:k], dtype=np.float64)
+    if settings.siglip_scaling == "raw" or k == 0:
+        return sig
+    spread = sig.max() - sig.min()
+    return (sig - sig.min()) / spread if spread > 0 else np.zeros(k)
+
+
+def heuristic_selection(n: int, agree: PrefixAgreement, siglip: list[float], settings: VerifierSettings) -> Selection:
+    """Among the candidates of the first n hypotheses, the best hybrid of SigLIP2 and agreement, no VLM."""
+    k = agree.size(n)
     if k == 0:
         return Selection(None)
     if k == 1:
         return Selection(0, hybrid=[1.0])
-    sig = np.asarray(siglip[:k], dtype=np.float64)
     w_s, w_a = settings.weight_siglip, settings.weight_agreement
-    hybrid = (w_s * sig + w_a * agree.agreement(k)) / max(w_s + w_a, 1e-12)
+    hybrid = (w_s * siglip_scores(siglip, k, settings) + w_a * agree.agreement(n)) / max(w_s + w_a, 1e-12)
     best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
-    return Selection(best, cut_the_chase=agree.mean_iou(k) > settings.cut_the_chase, hybrid=hybrid.tolist())
+    return Selection(best, cut_the_chase=agree.mean_iou(n) > settings.cut_the_chase, hybrid=hybrid.tolist())
 
 
 class HeuristicSelection:
@@ -196,7 +187,7 @@ class HeuristicSelection:
 
     def select_sweep(self, sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float],
                      judge: JudgeMemo | None, settings: VerifierSettings) -> dict[int, Selection]:
-        return {n: heuristic_selection(k, agree, siglip, settings) for n, k in sorted(sizes.items())}
+        return {n: heuristic_selection(n, agree, siglip, settings) for n in sorted(sizes)}
 
 
 class ComparativeSelection:
@@ -207,20 +198,20 @@ class ComparativeSelection:
     uses_judge = True
 
     @staticmethod
-    def needs_judge(k: int, agree: PrefixAgreement, settings: VerifierSettings) -> bool:
-        return k >= 2 and agree.mean_iou(k) <= settings.cut_the_chase
+    def needs_judge(n: int, agree: PrefixAgreement, settings: VerifierSettings) -> bool:
+        return agree.size(n) >= 2 and agree.mean_iou(n) <= settings.cut_the_chase
 
     def select_sweep(self, sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float],
                      judge: JudgeMemo | None, settings: VerifierSettings) -> dict[int, Selection]:
-        judged = {n: judge is not None and self.needs_judge(k, agree, settings) for n, k in sizes.items()}
+        judged = {n: judge is not None and self.needs_judge(n, agree, settings) for n in sizes}
         if any(judged.values()):
             judge.rate(list(range(max(k for n, k in sizes.items() if judged[n]))))
         selections, tournaments = {}, {}
         for n, k in sizes.items():
             if judged[n]:
-                tournaments[n] = _Tournament(_judged_hybrid(k, agree, siglip, judge, settings))
+                tournaments[n] = _Tournament(_judged_hybrid(n, agree, siglip, judge, settings))
             else:
-                selections[n] = heuristic_selection(k, agree, siglip, settings)
+                selections[n] = heuristic_selection(n, agree, siglip, settings)
         while live := [t for t in tournaments.values() if not t.done]:
             for t, result in zip(live, judge.duels([t.next_pair() for t in live])):
                 t.play(result)
@@ -230,16 +221,17 @@ class ComparativeSelection:
         return dict(sorted(selections.items()))
 
 
-def _judged_hybrid(k: int, agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo,
+def _judged_hybrid(n: int, agree: PrefixAgreement, siglip: list[float], judge: JudgeMemo,
                    settings: VerifierSettings) -> np.ndarray:
     """VLM rating, SigLIP2 and agreement, weighted; an unusable rating neither helps nor hurts."""
+    k = agree.size(n)
     ratings = judge.rate(list(range(k)))
     known = [r for r in ratings if r is not None]
     neutral = float(np.mean(known)) if known else 0.0
     vlm = np.asarray([neutral if r is None else r for r in ratings], dtype=np.float64)
     w_v = settings.weight_vlm if known else 0.0
-    sig = np.asarray(siglip[:k], dtype=np.float64)
-    return w_v * vlm + settings.weight_siglip * sig + settings.weight_agreement * agree.agreement(k)
+    sig = siglip_scores(siglip, k, settings)
+    return w_v * vlm + settings.weight_siglip * sig + settings.weight_agreement * agree.agreement(n)
 
 
 class _Tournament:

@@ -76,6 +76,7 @@ class Hypothesis:
     box: Box | None
     tokens_in: int = 0
     tokens_out: int = 0
+    duplicate_of: int | None = None  # the kept hypothesis a duplicate repeats (its vote goes there)
 
 
 # ---- role requests (one item of a batch) and answers -------------------------------------

@@ -20,6 +20,14 @@ METRIC_POLICY = (
     "of a ReasonSeg annotation is the query.")
 
 
+def selection_policy(siglip_scaling: str) -> str:
+    scaling = ("min-max scaled to [0, 1] within each candidate set, as the original verifier did"
+               if siglip_scaling == "minmax" else "used raw (sigmoid of the logit, not rescaled)")
+    return (f"The hybrid score weighs the VLM rating, the SigLIP2 score ({scaling}) and agreement: a "
+            "candidate's mean mask IoU with the other hypotheses among the first N, where a box dropped as a "
+            "duplicate keeps its vote for the box it repeats. Selection never sees the ground truth.")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -94,7 +102,8 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
     if overlays:
         lines += ["", "## First samples (green: ground truth, red: prediction)", ""]
         lines += [f"![{name}](overlays/{name})" for name in overlays]
-    lines += ["", "## Metric policy", "", METRIC_POLICY, ""]
+    lines += ["", "## Metric policy", "", METRIC_POLICY, "", "## Selection policy", "",
+              selection_policy(summary.get("siglip_scaling", "minmax")), ""]
     env = summary.get("environment", {})
     if env:
         lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
