@@ -27,7 +27,8 @@ from rescue_eval.models.http_roles import BACKOFF_BASE_S, JsonClient, encoded_im
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from rescue_eval.models.tiny import PREFIX
-from rescue_eval.models.vlm_requests import check_plan_settings, duel_request, fill_image_parts, plan_rows, rate_request, to_hypothesis
+from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, check_plan_settings, duel_request,
+                                             fill_image_parts, fit_image, plan_rows, rate_request, to_hypothesis)
 from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,14 @@ class OpenAIPlanner:
     def __init__(self, checkpoint: str = "", url: str | None = None, max_concurrency: int = 8,
                  timeout_s: float = 120.0, retries: int = 3, max_new_tokens: int = 64,
                  structured_output: bool = True, strategies: Sequence[str] | None = None,
-                 temperatures: Sequence[float] = (0.3, 0.7, 1.0), backoff_s: float = BACKOFF_BASE_S):
+                 temperatures: Sequence[float] = (0.3, 0.7, 1.0), max_pixels: int = PLANNER_MAX_PIXELS,
+                 backoff_s: float = BACKOFF_BASE_S):
         self.chat = ChatServer("planner", served_model(checkpoint, "PLANNER_MODEL", PLANNER_MODEL),
                                url or os.environ.get("PLANNER_API_BASE") or PLANNER_URL,
                                max_concurrency, timeout_s, retries, max_new_tokens, backoff_s)
         self.schema = PLAN_SCHEMA if structured_output else None
         self.strategies, self.temperatures = check_plan_settings(strategies, temperatures)
+        self.max_pixels = max_pixels
 
     def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
         def ask(row) -> Hypothesis:
@@ -109,7 +112,7 @@ class OpenAIPlanner:
                 temperature=row.temperature, seed=row.seed)
             return to_hypothesis(row, item.image, text, tokens_in, tokens_out)
 
-        image_urls = [data_url(item.image) for item in batch]  # encoded once, sent with each hypothesis
+        image_urls = [data_url(fit_image(item.image, self.max_pixels)) for item in batch]  # once per item
         rows = plan_rows(batch, self.strategies, self.temperatures)
         results: list[list[Hypothesis]] = [[] for _ in batch]
         for row, hypothesis in zip(rows, self.chat.client.map(ask, rows)):
@@ -122,17 +125,19 @@ class OpenAIJudge:
 
     def __init__(self, checkpoint: str = "", url: str | None = None, max_concurrency: int = 8,
                  timeout_s: float = 120.0, retries: int = 3, max_new_tokens: int = 16,
-                 structured_output: bool = True, backoff_s: float = BACKOFF_BASE_S):
+                 structured_output: bool = True, max_pixels: int = JUDGE_MAX_PIXELS,
+                 backoff_s: float = BACKOFF_BASE_S):
         self.chat = ChatServer("judge", served_model(checkpoint, "VERIFIER_MODEL", VERIFIER_MODEL),
                                url or os.environ.get("VERIFIER_API_BASE") or VERIFIER_URL,
                                max_concurrency, timeout_s, retries, max_new_tokens, backoff_s)
         self.structured_output = structured_output
+        self.max_pixels = max_pixels
 
     def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:
-        return self._ask([rate_request(item) for item in batch], RATE_SCHEMA, "rating", parse_rating)
+        return self._ask([rate_request(item, self.max_pixels) for item in batch], RATE_SCHEMA, "rating", parse_rating)
 
     def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
-        return self._ask([duel_request(item) for item in batch], DUEL_SCHEMA, "verdict", parse_verdict)
+        return self._ask([duel_request(item, self.max_pixels) for item in batch], DUEL_SCHEMA, "verdict", parse_verdict)
 
     def _ask(self, requests: list, schema: dict, schema_name: str, parse) -> list[JudgeAnswer]:
         def ask(request) -> JudgeAnswer:

@@ -21,7 +21,8 @@ from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from rescue_eval.models.loading import check_loading_info
 from rescue_eval.models.tiny import resolve_checkpoint
-from rescue_eval.models.vlm_requests import check_plan_settings, duel_request, plan_rows, rate_request, to_hypothesis
+from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, check_plan_settings, duel_request,
+                                             fit_image, plan_rows, rate_request, to_hypothesis)
 from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 
@@ -164,8 +165,10 @@ class Qwen3VLPlanner:
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
-                 strategies: Sequence[str] | None = None, temperatures: Sequence[float] = (0.3, 0.7, 1.0)):
+                 strategies: Sequence[str] | None = None, temperatures: Sequence[float] = (0.3, 0.7, 1.0),
+                 max_pixels: int = PLANNER_MAX_PIXELS):
         self.vlm = load_shared(checkpoint, device, dtype)
+        self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.schema = PLAN_SCHEMA if structured_output else None
         self.max_batch = max_batch
@@ -173,13 +176,14 @@ class Qwen3VLPlanner:
 
     def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
         rows = plan_rows(batch, self.strategies, self.temperatures)
+        images = [fit_image(item.image, self.max_pixels) for item in batch]  # once per item
         results: list[list[Hypothesis]] = [[] for _ in batch]
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start:start + self.max_batch]
             sampler = GumbelSampler([row.seed for row in chunk], [row.temperature for row in chunk])
             generations = self.vlm.generate(
                 [plan_messages(batch[row.item].query, row.strategy) for row in chunk],
-                [[batch[row.item].image] for row in chunk], self.max_new_tokens, self.schema, sampler)
+                [[images[row.item]] for row in chunk], self.max_new_tokens, self.schema, sampler)
             for row, g in zip(chunk, generations):
                 results[row.item].append(to_hypothesis(row, batch[row.item].image, g.text, g.tokens_in, g.tokens_out))
         return results
@@ -189,17 +193,19 @@ class Qwen3VLJudge:
     """Judge: greedy (deterministic) answers about masks drawn in red on the image."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
-                 max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16):
+                 max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16,
+                 max_pixels: int = JUDGE_MAX_PIXELS):
         self.vlm = load_shared(checkpoint, device, dtype, role="judge")
+        self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.structured_output = structured_output
         self.max_batch = max_batch
 
     def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:
-        return self._ask([rate_request(item) for item in batch], RATE_SCHEMA, parse_rating)
+        return self._ask([rate_request(item, self.max_pixels) for item in batch], RATE_SCHEMA, parse_rating)
 
     def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
-        return self._ask([duel_request(item) for item in batch], DUEL_SCHEMA, parse_verdict)
+        return self._ask([duel_request(item, self.max_pixels) for item in batch], DUEL_SCHEMA, parse_verdict)
 
     def _ask(self, requests, schema, parse) -> list[JudgeAnswer]:
         conversations, images = [r[0] for r in requests], [r[1] for r in requests]

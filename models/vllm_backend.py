@@ -41,13 +41,15 @@ from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from rescue_eval.models.qwen3_vl import Generation
 from rescue_eval.models.tiny import resolve_checkpoint
-from rescue_eval.models.vlm_requests import (PlanRow, check_plan_settings, duel_request, fill_image_parts, plan_rows,
-                                 rate_request, to_hypothesis)
+from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, PlanRow, check_plan_settings,
+                                             duel_request, fill_image_parts, fit_image, plan_rows, rate_request,
+                                             to_hypothesis)
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 Request = tuple[list[dict], dict]  # chat messages with their images, SamplingParams keyword arguments
 
+MAX_MODEL_LEN = 32768  # the original RESCue served its models with --max-model-len 32768
 MAX_IMAGES_PER_PROMPT = 2  # a duel shows two; vLLM reserves memory for this many, and no video
 
 
@@ -64,10 +66,11 @@ def sampling_kwargs(temperature: float, seed: int | None, max_tokens: int, schem
 
 
 def plan_requests(batch: list[PlanItem], strategies: list[str], temperatures: list[float], max_tokens: int,
-                  structured: bool) -> list[tuple[PlanRow, Request]]:
+                  structured: bool, max_pixels: int = PLANNER_MAX_PIXELS) -> list[tuple[PlanRow, Request]]:
     """One request per hypothesis, in plan_rows order, each with its own temperature and seed."""
     schema = PLAN_SCHEMA if structured else None
-    return [(row, (with_images(plan_messages(batch[row.item].query, row.strategy), [batch[row.item].image]),
+    images = [fit_image(item.image, max_pixels) for item in batch]  # once per item
+    return [(row, (with_images(plan_messages(batch[row.item].query, row.strategy), [images[row.item]]),
                    sampling_kwargs(row.temperature, row.seed, max_tokens, schema)))
             for row in plan_rows(batch, strategies, temperatures)]
 
@@ -109,7 +112,8 @@ def to_sampling_params(kwargs: dict):
 class VLLMEngine:
     """One vLLM engine; a planner and a judge on the same checkpoint and GPUs share it."""
 
-    def __init__(self, role: str, path: str, gpus: list[int], dtype: str, gpu_memory_utilization: float):
+    def __init__(self, role: str, path: str, gpus: list[int], dtype: str, gpu_memory_utilization: float,
+                 max_model_len: int):
         import vllm
 
         placement = {}
@@ -119,13 +123,14 @@ class VLLMEngine:
                                  f"upgrade vllm (0.33.0 has it), or expose those GPUs first with "
                                  f"CUDA_VISIBLE_DEVICES and set --{role}.device cuda:0.")
             placement["device_ids"] = gpus
-        self.settings = (len(gpus), gpu_memory_utilization)
+        self.settings = (len(gpus), gpu_memory_utilization, max_model_len)
         # Engines are built after the harness's gloo group (and RPC) are up: a worker forked now
         # would inherit that initialised torch.distributed state and skip or hang in its own
         # group set-up, so vLLM's workers are spawned (a user's own choice is kept).
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = vllm.LLM(model=path, dtype=dtype, tensor_parallel_size=len(gpus),
                             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
+                            max_model_len=max_model_len,
                             limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT, "video": 0}, **placement)
         # LLM.chat drives the engine from the calling thread: one call at a time, even when the
         # planner and the judge sharing it are served from different threads.
@@ -144,7 +149,7 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def load_shared_engine(role: str, checkpoint: str, device: str, dtype: str, tensor_parallel_size: int,
-                       gpu_memory_utilization: float) -> VLLMEngine:
+                       gpu_memory_utilization: float, max_model_len: int = MAX_MODEL_LEN) -> VLLMEngine:
     """The engine for (checkpoint, GPUs, dtype), started on first request only."""
     gpus = require_cuda(role, "vllm", device, tensor_parallel_size)
     try:
@@ -161,11 +166,12 @@ def load_shared_engine(role: str, checkpoint: str, device: str, dtype: str, tens
     with _ENGINES_LOCK:
         key = (resolve_checkpoint(checkpoint), tuple(gpus), dtype)
         if key not in _ENGINES:
-            _ENGINES[key] = VLLMEngine(role, key[0], gpus, dtype, gpu_memory_utilization)
+            _ENGINES[key] = VLLMEngine(role, key[0], gpus, dtype, gpu_memory_utilization, max_model_len)
         engine = _ENGINES[key]
-    if engine.settings != (tensor_parallel_size, gpu_memory_utilization):
+    if engine.settings != (tensor_parallel_size, gpu_memory_utilization, max_model_len):
         raise UsageError(f"{role} shares one vLLM engine with another role on {checkpoint} and {device}, "
-                         f"started with tensor_parallel_size, gpu_memory_utilization = {engine.settings}; "
+                         f"started with tensor_parallel_size, gpu_memory_utilization, max_model_len = "
+                         f"{engine.settings}; "
                          f"give both roles the same values.")
     return engine
 
@@ -177,16 +183,18 @@ class VLLMPlanner:
     def __init__(self, checkpoint: str, device: str = "cuda", dtype: str = "bfloat16", max_new_tokens: int = 64,
                  structured_output: bool = True, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, strategies: Sequence[str] | None = None,
-                 temperatures: Sequence[float] = (0.3, 0.7, 1.0)):
+                 temperatures: Sequence[float] = (0.3, 0.7, 1.0), max_pixels: int = PLANNER_MAX_PIXELS,
+                 max_model_len: int = MAX_MODEL_LEN):
         self.strategies, self.temperatures = check_plan_settings(strategies, temperatures)
         self.engine = load_shared_engine("planner", checkpoint, device, dtype, tensor_parallel_size,
-                                         gpu_memory_utilization)
+                                         gpu_memory_utilization, max_model_len)
+        self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.structured_output = structured_output
 
     def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
         planned = plan_requests(batch, self.strategies, self.temperatures, self.max_new_tokens,
-                                self.structured_output)
+                                self.structured_output, self.max_pixels)
         generations = self.engine.generate([request for _, request in planned])
         results: list[list[Hypothesis]] = [[] for _ in batch]
         for (row, _), g in zip(planned, generations):
@@ -199,17 +207,19 @@ class VLLMJudge:
 
     def __init__(self, checkpoint: str, device: str = "cuda", dtype: str = "bfloat16", max_new_tokens: int = 16,
                  structured_output: bool = True, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85):
+                 gpu_memory_utilization: float = 0.85, max_pixels: int = JUDGE_MAX_PIXELS,
+                 max_model_len: int = MAX_MODEL_LEN):
         self.engine = load_shared_engine("judge", checkpoint, device, dtype, tensor_parallel_size,
-                                         gpu_memory_utilization)
+                                         gpu_memory_utilization, max_model_len)
+        self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.structured_output = structured_output
 
     def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:
-        return self._ask([rate_request(item) for item in batch], RATE_SCHEMA, parse_rating)
+        return self._ask([rate_request(item, self.max_pixels) for item in batch], RATE_SCHEMA, parse_rating)
 
     def duel(self, batch: list[DuelItem]) -> list[JudgeAnswer]:
-        return self._ask([duel_request(item) for item in batch], DUEL_SCHEMA, parse_verdict)
+        return self._ask([duel_request(item, self.max_pixels) for item in batch], DUEL_SCHEMA, parse_verdict)
 
     def _ask(self, asked, schema, parse) -> list[JudgeAnswer]:
         requests = judge_requests(asked, schema, self.max_new_tokens, self.structured_output)

@@ -8,6 +8,7 @@ hypothesis_seed(item.seed, k), so hypothesis k is the same whatever n is. Judge:
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import NamedTuple, Sequence
 
 from PIL import Image
@@ -63,12 +64,30 @@ def to_hypothesis(row: PlanRow, image: Image.Image, text: str, tokens_in: int = 
                       raw_text=text, status=status, box=box, tokens_in=tokens_in, tokens_out=tokens_out)
 
 
-def rate_request(item: RateItem) -> tuple[list[dict], list[Image.Image]]:
-    return rate_messages(item.query), [overlay(item.image, item.mask)]
+# The original RESCue resized images to at most 1024 px for planning and 768 px for judging: real
+# Qwen3-VL processors accept up to ~16M pixels (thousands of tokens) per image.
+PLANNER_MAX_PIXELS = 1024 * 1024
+JUDGE_MAX_PIXELS = 768 * 768
 
 
-def duel_request(item: DuelItem) -> tuple[list[dict], list[Image.Image]]:
-    return duel_messages(item.query), [overlay(item.image, item.mask_a), overlay(item.image, item.mask_b)]
+def fit_image(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The image itself when it has at most `max_pixels` pixels, else scaled down (aspect kept)
+    to fit. Boxes are read on the 0..1000 grid relative to the image, so a planner's answer
+    means the same box on the original."""
+    if image.width * image.height <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / (image.width * image.height))
+    size = (max(1, math.floor(image.width * scale)), max(1, math.floor(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def rate_request(item: RateItem, max_pixels: int = JUDGE_MAX_PIXELS) -> tuple[list[dict], list[Image.Image]]:
+    return rate_messages(item.query), [fit_image(overlay(item.image, item.mask), max_pixels)]
+
+
+def duel_request(item: DuelItem, max_pixels: int = JUDGE_MAX_PIXELS) -> tuple[list[dict], list[Image.Image]]:
+    return duel_messages(item.query), [fit_image(overlay(item.image, item.mask_a), max_pixels),
+                                       fit_image(overlay(item.image, item.mask_b), max_pixels)]
 
 
 def fill_image_parts(messages: list[dict], parts: list[dict]) -> list[dict]:

@@ -82,6 +82,7 @@ class VLMConfig(RoleConfig):
     structured_output: bool = True  # JSON schema enforced by the backend where it can
     tensor_parallel_size: int = 1  # vllm: one engine over this many GPUs of the hosting rank
     gpu_memory_utilization: float = 0.85  # vllm
+    max_model_len: int = 32768  # vllm: context length (the original RESCue served with 32768)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class PlannerConfig(VLMConfig):
     strategies: Optional[list[str]] = None  # None: every strategy of models/prompts.py
     dedup_iou: float = 0.9
     gt_jitter: float = 0.1  # gt_box: box corners moved by up to this share of the box size
+    max_pixels: int = 1024 * 1024  # images larger than this are scaled down before planning (original: 1024 px)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class JudgeConfig(VLMConfig):
     backend: JudgeBackend = "transformers"
     checkpoint: str = "tiny:qwen3-vl"
     max_new_tokens: int = 16
+    max_pixels: int = 768 * 768  # the judge's overlays are scaled down to this (original: 768 px)
 
 
 @dataclass

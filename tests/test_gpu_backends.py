@@ -1,10 +1,9 @@
 """The GPU-only backends (vLLM planner / judge, the sam3 package's segmenter) without vllm, sam3
 or a GPU: the requests they send (the transformers backend's prompts, per-hypothesis sampling, a
 greedy judge), their glue code against stand-in modules with the real APIs' names, the
-one-sentence errors that name the fix, and the ROCm CPU fallback of torchvision's ops."""
+one-sentence errors that name the fix (the ROCm fallback is in test_rocm_fallback.py)."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import types
@@ -15,14 +14,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 from rescue_eval.models import build_role, sam3_package, vllm_backend
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES, plan_messages
 from rescue_eval.core.protocols import Judge, Planner, Segmenter
 from rescue_eval.models.vlm_requests import duel_request, hypothesis_seed, plan_rows, rate_request
-from rescue_eval.models.sam3_package import Sam3PackageSegmenter, patch_torchvision_for_rocm
+from rescue_eval.models.sam3_package import Sam3PackageSegmenter
 from rescue_eval.models.vllm_backend import VLLMJudge, VLLMPlanner, judge_requests, plan_requests
 from rescue_eval.config import PlannerConfig
 from rescue_eval.core.errors import UsageError
@@ -183,7 +181,8 @@ def test_planner_and_judge_share_one_engine_with_prefix_caching(fake_vllm):
     llm = planner.engine.llm
     assert llm.model == CHECKPOINT
     assert llm.kwargs == {"dtype": "bfloat16", "tensor_parallel_size": 2, "gpu_memory_utilization": 0.8,
-                          "enable_prefix_caching": True, "limit_mm_per_prompt": {"image": 2, "video": 0},
+                          "enable_prefix_caching": True, "max_model_len": 32768,
+                          "limit_mm_per_prompt": {"image": 2, "video": 0},
                           "device_ids": [2, 3]}
     on_first_gpus = VLLMJudge(CHECKPOINT, device="cuda:0", dtype="bfloat16")
     assert on_first_gpus.engine is not judge.engine and "device_ids" not in on_first_gpus.engine.llm.kwargs
@@ -346,72 +345,3 @@ def test_sam3_segmenter_one_encoding_per_image_one_mask_per_box(fake_sam3):
     assert [m.shape for m in several + one] == [(48, 64)] * 3 and all(m.dtype == bool for m in several + one)
     assert several[0].sum() == 200 and several[1].sum() == 59 * 43
     assert np.array_equal(one[0], several[0]) and none == []
-
-
-# ---- the ROCm CPU fallback of torchvision's ops -------------------------------------------
-
-
-@pytest.fixture
-def restore_torchvision_ops(monkeypatch):
-    for name in sam3_package.CPU_FALLBACK_OPS:
-        monkeypatch.setattr(torch.ops.torchvision, name, getattr(torch.ops.torchvision, name))
-
-
-def roi_inputs():
-    generator = torch.Generator().manual_seed(0)
-    features = torch.rand(2, 3, 16, 16, generator=generator)
-    rois = torch.tensor([[0, 1.0, 1.0, 9.0, 12.0], [1, 0.5, 2.0, 15.0, 15.0]])
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 9, 10.0]])
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
-    return features, rois, boxes, scores
-
-
-def run_ops():
-    features, rois, boxes, scores = roi_inputs()
-    return [torchvision.ops.roi_align(features, rois, output_size=(4, 4), spatial_scale=0.5, sampling_ratio=2,
-                                      aligned=True),
-            torchvision.ops.RoIAlign((3, 3), 1.0, -1)(features, rois),
-            torchvision.ops.nms(boxes, scores, 0.5),
-            torchvision.ops.batched_nms(boxes, scores, torch.tensor([0, 0, 1, 1]), 0.5)]
-
-
-def test_no_patch_off_rocm(restore_torchvision_ops):
-    assert torch.version.hip is None
-    before = torch.ops.torchvision.nms
-    assert patch_torchvision_for_rocm() is False
-    assert torch.ops.torchvision.nms is before
-
-
-def test_rocm_fallback_gives_the_same_results_and_logs(restore_torchvision_ops, monkeypatch, caplog):
-    expected = run_ops()
-    monkeypatch.setattr(torch.version, "hip", "6.2.0")
-    assert patch_torchvision_for_rocm() is True
-    patched = torch.ops.torchvision.nms
-    assert patch_torchvision_for_rocm() is True and torch.ops.torchvision.nms is patched  # wrapped once
-    with caplog.at_level(logging.DEBUG, logger=sam3_package.log.name):
-        first, second = run_ops(), run_ops()
-    for got in (first, second):
-        assert all(torch.equal(a, b) for a, b in zip(got, expected))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert sorted(warnings) == ["torchvision nms runs on the CPU (ROCm fallback): correct, but slower",
-                                "torchvision roi_align runs on the CPU (ROCm fallback): correct, but slower"]
-    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 8  # one per call, 4 calls twice
-
-
-def test_rocm_fallback_lets_errors_through(restore_torchvision_ops, monkeypatch):
-    monkeypatch.setattr(torch.version, "hip", "6.2.0")
-    patch_torchvision_for_rocm()
-    boxes = torch.tensor([[0, 0, 10, 10.0]])
-    with pytest.raises(RuntimeError):
-        torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5)  # one box, two scores
-    with pytest.raises(RuntimeError, match="same type"):
-        torchvision.ops.roi_align(torch.rand(1, 1, 4, 4), torch.rand(1, 5).double(), output_size=2)
-
-    class KernelFailure(Exception):
-        pass
-
-    def failing_op(*args):
-        raise KernelFailure("bad input")
-
-    with pytest.raises(KernelFailure, match="bad input"):  # the same exception, not a zero tensor
-        sam3_package.on_cpu("failing_op", failing_op)(torch.zeros(2))
