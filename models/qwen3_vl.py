@@ -190,7 +190,9 @@ class Qwen3VLPlanner:
 
 
 class Qwen3VLJudge:
-    """Judge: greedy (deterministic) answers about masks drawn in red on the image."""
+    """Judge: greedy (deterministic) answers about masks drawn in red on the image. On a Thinking
+    checkpoint the answer is what follows </think>; reasoning cut short by max_new_tokens is an
+    unusable answer, counted (the hybrid score decides)."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16,
@@ -198,7 +200,10 @@ class Qwen3VLJudge:
         self.vlm = load_shared(checkpoint, device, dtype, role="judge")
         self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
-        self.structured_output = structured_output
+        # A grammar from the first token would forbid a Thinking model's reasoning and its
+        # </think>: such a judge answers freely and is parsed after </think> (as with vLLM
+        # without a reasoning parser)
+        self.structured_output = structured_output and not self.vlm.thinking
         self.max_batch = max_batch
 
     def rate(self, batch: list[RateItem]) -> list[JudgeAnswer]:

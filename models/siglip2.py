@@ -4,7 +4,12 @@ The scorer must judge the segmented region, not the whole picture, so each mask 
 around its box (plus a 10% margin for context) with every pixel outside the mask painted
 neutral gray. SigLIP2 was trained with a sigmoid loss, so the score of one (crop, query) pair is
 sigmoid(cosine * exp(logit_scale) + logit_bias), independent of the other candidates (a softmax
-over candidates would not be).
+over candidates would not be). Queries are lower-cased, as Google's SigLIP2 evaluation does, and
+padded or cut to 64 tokens.
+
+Loads either SigLIP2 layout through the Auto classes: the fixed-resolution checkpoints
+(google/siglip2-giant-opt-patch16-384, -so400m-patch14-384: SiglipModel, SiglipProcessor with a
+GemmaTokenizer) and the NaFlex ones (Siglip2Model, Siglip2Processor).
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ class Siglip2Scorer:
         self.max_batch = max_batch
         processor = AutoProcessor.from_pretrained(path)
         # The two halves are called separately: the text is encoded once per distinct query while
-        # the crops go through in chunks. The image processor is called directly because
+        # the crops go through in chunks. The image processor is called directly because a NaFlex
         # `Siglip2Processor.__call__` replaces the checkpoint's `max_num_patches` with its own
         # class default (256).
         self.tokenizer = processor.tokenizer

@@ -184,3 +184,19 @@ def test_a_checkpoint_with_missing_weights_is_refused(checkpoint, tmp_path):
               metadata={"format": "pt"})
     with pytest.raises(UsageError, match=r"judge.checkpoint .*2 weight\(s\) missing"):
         LoadedVLM(str(broken), "cpu", "float32", role="judge")
+
+
+def test_the_moe_thinking_twin_loads_as_its_own_class_and_thinks():
+    """Qwen3-VL-30B-A3B-Thinking is qwen3_vl_moe: the Auto class loads its routed experts (the
+    dense class would leave them random), and its template opens <think> for the model, so an
+    answer without </think> is reasoning cut short: unusable, never a verdict."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    from rescue_eval.models.qwen3_vl import Qwen3VLJudge
+
+    judge = Qwen3VLJudge("tiny:qwen3-vl-moe-thinking", max_new_tokens=4)
+    assert isinstance(judge.vlm.model, Qwen3VLMoeForConditionalGeneration)
+    assert judge.vlm.thinking and not judge.structured_output
+    image = make_image(7)
+    [answer] = judge.duel([DuelItem(image, rect_mask(image, 10, 10, 100, 80), rect_mask(image, 150, 100, 300, 230), "q")])
+    assert "</think>" not in answer.raw_text and answer.value is None

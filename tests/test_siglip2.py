@@ -151,18 +151,22 @@ def test_scores_match_the_models_own_forward(scorer):
 
 
 def test_deterministic_build_and_load_round_trip(checkpoint, tmp_path):
-    from transformers import AutoModel, AutoProcessor, Siglip2Model, Siglip2Processor, Siglip2Tokenizer
+    from transformers import AutoModel, AutoProcessor, GemmaTokenizer, SiglipModel, SiglipProcessor
 
+    # the classes google/siglip2-giant-opt-patch16-384 loads as (fixed resolution: SigLIP's architecture)
     model = AutoModel.from_pretrained(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint)
-    assert isinstance(model, Siglip2Model)
-    assert isinstance(processor, Siglip2Processor) and isinstance(processor.tokenizer, Siglip2Tokenizer)
-    assert processor.tokenizer("A Red CUP")["input_ids"] == processor.tokenizer("a red cup")["input_ids"]
+    assert isinstance(model, SiglipModel) and model.config.model_type == "siglip"
+    assert isinstance(processor, SiglipProcessor) and isinstance(processor.tokenizer, GemmaTokenizer)
+    assert processor.image_processor.size == {"height": 384, "width": 384}
+    assert model.config.vision_config.image_size == 384 and model.config.vision_config.patch_size == 16
+    # Gemma's tokenizer keeps case: the scorer lower-cases queries itself
+    assert processor.tokenizer("A Red CUP")["input_ids"] != processor.tokenizer("a red cup")["input_ids"]
     assert model.config.text_config.vocab_size == len(processor.tokenizer)
 
     rebuilt_dir = tiny.build("siglip2", root=tmp_path)
     assert (rebuilt_dir / "model.safetensors").stat().st_size < 1_000_000
-    rebuilt = Siglip2Model.from_pretrained(rebuilt_dir).state_dict()
+    rebuilt = SiglipModel.from_pretrained(rebuilt_dir).state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, rebuilt[name]), name
     assert AutoProcessor.from_pretrained(rebuilt_dir).tokenizer.get_vocab() == processor.tokenizer.get_vocab()

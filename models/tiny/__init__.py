@@ -12,10 +12,11 @@ from pathlib import Path
 from rescue_eval.core.cache import build_once, cache_root
 
 PREFIX = "tiny:"
-BUILDERS = {  # name -> module with `build(out_dir: Path) -> None`
-    "qwen3-vl": "rescue_eval.models.tiny.qwen3_vl",
-    "sam3-tracker": "rescue_eval.models.tiny.sam3_tracker",
-    "siglip2": "rescue_eval.models.tiny.siglip2",
+BUILDERS = {  # name -> "module:function", a `function(out_dir: Path) -> None` that writes the checkpoint
+    "qwen3-vl": "rescue_eval.models.tiny.qwen3_vl:build",
+    "qwen3-vl-moe-thinking": "rescue_eval.models.tiny.qwen3_vl:build_moe_thinking",
+    "sam3-tracker": "rescue_eval.models.tiny.sam3_tracker:build",
+    "siglip2": "rescue_eval.models.tiny.siglip2:build",
 }
 
 
@@ -34,8 +35,8 @@ def build(name: str, root: Path | None = None, force: bool = False) -> Path:
         # group: a checkpoint built on another rank would lack them
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             raise RuntimeError(f"tiny checkpoint {name} must be built on rank 0 before other ranks load it.")
-    module = importlib.import_module(BUILDERS[name])
-    return build_once(target, module.build, force=force)
+    module, function = BUILDERS[name].split(":")
+    return build_once(target, getattr(importlib.import_module(module), function), force=force)
 
 
 def resolve_checkpoint(spec: str) -> str:

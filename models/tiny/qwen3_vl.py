@@ -1,8 +1,14 @@
-"""A tiny random-weight Qwen3-VL checkpoint (about 1 MB), built offline and deterministically.
+"""Tiny random-weight twins of Qwen/Qwen3-VL-8B-Instruct (`qwen3-vl`) and
+Qwen/Qwen3-VL-30B-A3B-Thinking (`qwen3-vl-moe-thinking`), built offline and deterministically.
 
-It has the real classes end to end (Qwen3VLForConditionalGeneration, Qwen3VLProcessor with
-Qwen2VLImageProcessor, a Qwen2Tokenizer and a chat template in Qwen's format), so the adapter
-loads it with the same `from_pretrained` calls as a real checkpoint. Its answers are noise.
+They keep everything but size: the model types and classes (qwen3_vl, and qwen3_vl_moe with
+its routed experts), Qwen3VLProcessor with the real image and video processor values (16 px
+patches, 2 x 2 merge, temporal patch 2, 65,536 to 16,777,216 pixels per image, mean and std
+0.5), a Qwen2Tokenizer with Qwen's special tokens and <think> / </think> as plain added
+tokens, the chat format (the Thinking template opens <think> in the generation prompt), the
+generation configs' stop tokens and sampling defaults, interleaved M-RoPE and DeepStack. Only
+widths, depths and the vocabulary are small (about 1 MB). Their answers are noise. Sources of
+each fact: models/tiny/README.md.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
+THINK_TOKENS = ["<think>", "</think>"]  # added tokens, not special: decoding keeps them in the text
 
 BPE_VOCAB_SIZE = 600  # 256 byte symbols + merges learned from CORPUS
 VOCAB_MULTIPLE = 64  # real Qwen pads lm_head past the tokenizer: keep that case exercised
@@ -47,36 +54,57 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
+# The Thinking checkpoints' template opens the reasoning block for the model.
+THINKING_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+# Sampling defaults the checkpoints ship (the adapters override them: greedy, or their own sampler)
+INSTRUCT_SAMPLING = {"do_sample": True, "top_k": 20, "top_p": 0.8, "temperature": 0.7}
+THINKING_SAMPLING = {"do_sample": True, "top_k": 20, "top_p": 0.95, "temperature": 1.0}
 
 
 def build(out_dir: Path) -> None:
+    """The Instruct twin: dense qwen3_vl."""
+    _build(Path(out_dir), moe=False, thinking=False)
+
+
+def build_moe_thinking(out_dir: Path) -> None:
+    """The Thinking MoE twin: qwen3_vl_moe, whose dense class would load it with random MLPs."""
+    _build(Path(out_dir), moe=True, thinking=True)
+
+
+def _build(out_dir: Path, moe: bool, thinking: bool) -> None:
     import torch
-    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers import (GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig,
+                              Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor)
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    out_dir = Path(out_dir)
     tokenizer = _train_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
-    # patch 16 x merge 2 = 32 px per image token; <= 256x256 px keeps an image at <= 64 tokens
+    # Qwen3-VL's processor values: 16 px patches, 2 x 2 merge (32 px per image token)
     image_processor = Qwen2VLImageProcessor(
-        patch_size=16, temporal_patch_size=2, merge_size=2, min_pixels=64 * 64, max_pixels=256 * 256,
+        patch_size=16, temporal_patch_size=2, merge_size=2,
+        size={"shortest_edge": 65536, "longest_edge": 16777216},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     video_processor = Qwen3VLVideoProcessor(
         patch_size=16, temporal_patch_size=2, merge_size=2,
-        size={"shortest_edge": 64 * 64, "longest_edge": 256 * 256})
-    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+        size={"shortest_edge": 4096, "longest_edge": 25165824})
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                                 chat_template=THINKING_CHAT_TEMPLATE if thinking else CHAT_TEMPLATE)
 
-    config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                             "mrope_section": [4, 2, 2], "mrope_interleaved": True},
-            pad_token_id=ids[END_OF_TEXT]),
+    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                 "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+                pad_token_id=ids[END_OF_TEXT])
+    if moe:  # every layer routed, 2 of 4 experts per token (the real model: 8 of 128)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                    mlp_only_layers=[])
+    config_class, model_class = ((Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe
+                                 else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+    config = config_class(
+        text_config=text,
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
             spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
@@ -89,10 +117,11 @@ def build(out_dir: Path) -> None:
 
     with torch.random.fork_rng():  # seeded weights without touching the caller's RNG state
         torch.manual_seed(SEED)
-        model = Qwen3VLForConditionalGeneration(config).eval()
-    # Like Qwen's instruct checkpoints: a turn ends at <|im_end|>, <|endoftext|> also stops.
+        model = model_class(config).eval()
+    # A turn ends at <|im_end|>, <|endoftext|> also stops; the checkpoints ship sampling defaults.
     model.generation_config = GenerationConfig(
-        eos_token_id=[ids[IM_END], ids[END_OF_TEXT]], pad_token_id=ids[END_OF_TEXT])
+        eos_token_id=[ids[IM_END], ids[END_OF_TEXT]], pad_token_id=ids[END_OF_TEXT],
+        repetition_penalty=1.0, **(THINKING_SAMPLING if thinking else INSTRUCT_SAMPLING))
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
 
@@ -115,6 +144,8 @@ def _train_tokenizer():
     bpe.train_from_iterator(CORPUS, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]  # the learned vocab and merges
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    return Qwen2Tokenizer(
+    tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"], merges=merges, unk_token=None, eos_token=IM_END, pad_token=END_OF_TEXT,
         extra_special_tokens=SPECIAL_TOKENS[1:], model_max_length=32768)
+    tokenizer.add_tokens(THINK_TOKENS)
+    return tokenizer

@@ -1,9 +1,12 @@
-"""A tiny random-weight SigLIP2 (`Siglip2Model` + `Siglip2Processor`), built offline.
+"""A tiny random-weight twin of `google/siglip2-giant-opt-patch16-384`, built offline.
 
-Same classes and file layout as a real `google/siglip2-*` NaFlex checkpoint, scaled down:
-width-32 two-layer text and vision towers, 16 px patches, at most 64 patches per image, and a
-small lower-casing BPE tokenizer with Gemma's special tokens, trained on the word list below
-(no download). About 0.3 MB; random weights, so its scores are arbitrary but deterministic.
+The fixed-resolution SigLIP2 checkpoints are published in SigLIP's architecture: `model_type`
+siglip, `SiglipModel`, `SiglipProcessor` = `SiglipImageProcessor` (a fixed 384 x 384 resize,
+bilinear, mean and std 0.5) + `GemmaTokenizer` (pad 0, eos 1, bos 2, unk 3, byte fallback, no
+lower-casing: the scorer lower-cases queries itself), text padded to 64 tokens. The twin keeps
+all of that and the 16 px patches at 384 px (576 patches), and shrinks only the towers (width
+32, two layers) and the vocabulary (a BPE trained on the word list below). About 0.3 MB; random
+weights, so its scores are arbitrary but deterministic. See models/tiny/README.md.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 
 HIDDEN = 32
 PATCH_SIZE = 16
-MAX_NUM_PATCHES = 64
+IMAGE_SIZE = 384
 TEXT_LENGTH = 64  # SigLIP2 text is padded / truncated to 64 tokens
 BPE_VOCAB_SIZE = 600
 
@@ -48,32 +51,33 @@ with without from into onto through between behind beside inside outside
 
 
 def _train_tokenizer():
-    """A BPE trained on CORPUS with the normalisation SigLIP2's tokenizer applies (lower-case,
-    spaces as "▁"), wrapped in the tokenizer class `Siglip2Processor` loads."""
+    """A BPE trained on CORPUS with Gemma's normalisation (spaces as "▁"), wrapped in the
+    tokenizer class the real checkpoint names (`GemmaTokenizer`)."""
     import json
 
     from tokenizers import Tokenizer, models, normalizers, trainers
-    from transformers import Siglip2Tokenizer
+    from transformers import GemmaTokenizer
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    bpe.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
+    bpe.normalizer = normalizers.Sequence([normalizers.Replace(" ", "▁")])
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE, special_tokens=SPECIAL_TOKENS + BYTE_TOKENS, show_progress=False
     )
     lines = [line.strip() for line in CORPUS.strip().splitlines()]
+    lines += [line.capitalize() for line in lines]  # cased text, as Gemma's vocabulary has
     bpe.train_from_iterator(lines, trainer=trainer)
     trained = json.loads(bpe.to_str())["model"]  # the vocab and merges a Siglip2Tokenizer is made of
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
-    return Siglip2Tokenizer(vocab=trained["vocab"], merges=merges, model_max_length=TEXT_LENGTH)
+    return GemmaTokenizer(vocab=trained["vocab"], merges=merges, model_max_length=TEXT_LENGTH)
 
 
 def build(out_dir: Path) -> None:
     import torch
-    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
     tokenizer = _train_tokenizer()
     towers = {"hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = Siglip2Config(
+    config = SiglipConfig(
         text_config={
             **towers,
             "vocab_size": len(tokenizer),
@@ -82,10 +86,11 @@ def build(out_dir: Path) -> None:
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
-        vision_config={**towers, "patch_size": PATCH_SIZE, "num_patches": MAX_NUM_PATCHES},
+        vision_config={**towers, "patch_size": PATCH_SIZE, "image_size": IMAGE_SIZE},
     )
     torch.manual_seed(0)
-    Siglip2Model(config).eval().save_pretrained(out_dir)
+    SiglipModel(config).eval().save_pretrained(out_dir)
 
-    image_processor = Siglip2ImageProcessor(patch_size=PATCH_SIZE, max_num_patches=MAX_NUM_PATCHES)
-    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
+    image_processor = SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=2,
+                                           image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
