@@ -20,6 +20,7 @@ commands:
   segment     one image and one query to a mask:  rescue-eval segment IMAGE QUERY [--output DIR] [--key.sub value ...]
   download    fetch the checkpoints a config names into the Hugging Face cache:  rescue-eval download [--config FILE]
   serve       host an executor or scorer over HTTP:  rescue-eval serve executor|scorer [--port P] [--ROLE.key value ...]
+  doctor      check a config before a long job:  rescue-eval doctor --config FILE [--output OUT] [--world N] [--key.sub value ...]
 
 `rescue-eval run --help` lists every configuration key.
 """
@@ -122,8 +123,34 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def cmd_doctor(argv: list[str]) -> int:
+    """rescue-eval doctor [--config FILE] [--output OUT] [--world N] [--key.sub value ...]"""
+    from rescue_eval import config, doctor
+
+    p = argparse.ArgumentParser(prog="rescue-eval doctor", description="Check a config before a long job: library "
+                                "versions, GPUs against the placement, the dataset, each checkpoint's config and "
+                                "processor (no weights), optional packages, the output directory and RPC. Other "
+                                "options are run options such as --config or --data.root.")
+    p.add_argument("--output", type=Path, default=None, help="the output directory the job will use")
+    p.add_argument("--world", type=int, default=None, help="ranks the job will start (default: what the placement needs)")
+    args, rest = p.parse_known_args(argv)
+    run_args = [*rest, "--output", str(args.output or "unused")]
+    try:
+        cfg, _ = config.parse(run_args)
+    except UsageError as exc:  # a missing data.root is reported as one of the checks
+        if "data.root is empty" not in str(exc):
+            raise
+        cfg, _ = config.parse([*run_args, "--data.root", doctor.UNSET_ROOT])
+    checks = doctor.run_checks(cfg, args.output, args.world or doctor.world_of(cfg))
+    for check in checks:
+        print(check.line())
+    failed = sum(not c.ok for c in checks)
+    print(f"{len(checks) - failed} ok, {failed} failed" + ("" if failed else ": ready to run"))
+    return 1 if failed else 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "build-tiny": cmd_build_tiny, "segment": cmd_segment,
-            "download": cmd_download, "serve": cmd_serve}
+            "download": cmd_download, "serve": cmd_serve, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
