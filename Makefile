@@ -11,7 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test
+# The oldest library versions the harness supports (vLLM 0.33's transformers floor), laid over
+# the venv's newer ones for one run of the unit tier: `make test-oldest`.
+OLDEST := transformers==5.16.1 "huggingface-hub>=1.5,<2" "tokenizers>=0.23.1,<0.24"
+OLDEST_DIR := .cache/oldest
+
+.PHONY: setup demo test test-oldest
 setup: $(VENV)/.installed
 
 demo: setup
@@ -19,3 +24,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-oldest: setup
+	$(PY) -m pip install -q --no-deps --upgrade --target $(OLDEST_DIR) $(OLDEST)
+	PYTHONPATH=$(OLDEST_DIR) $(PY) -m pytest -q -p no:cacheprovider -m unit

@@ -11,7 +11,14 @@ same whatever N is, as with every backend: models/vlm_requests.py), images are d
 the file bytes (models/http_roles.encoded_image: the original JPEG/PNG, judge overlays as
 PNG), and with structured_output the answer is constrained by
 response_format={"type": "json_schema", ...} (OpenAI's form, which vLLM's server accepts too).
-Retries, timeouts and the concurrency limit are those of models/http_roles.JsonClient.
+
+Requests go through the `openai` client (checked against openai 1.x-3.x: `OpenAI(base_url=,
+api_key=, timeout=, max_retries=)`, `chat.completions.create(..., extra_body=)`): its timeouts,
+and its retries of timeouts, refused connections, HTTP 408/409/429 and 5xx with exponential
+backoff (honouring Retry-After). An answer that parses as no chat completion is retried here,
+`retries` times, with backoff and full jitter. `extra_body` adds a server's own fields to every
+request (vLLM's top_k, chat_template_kwargs, ...). A server started with a reasoning parser
+(vLLM's --reasoning-parser) returns the reasoning apart: the answer read is `content` alone.
 """
 from __future__ import annotations
 
@@ -19,11 +26,14 @@ import base64
 import io
 import logging
 import os
-from typing import Sequence
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
 
 from PIL import Image
 
-from rescue_eval.models.http_roles import BACKOFF_BASE_S, JsonClient, encoded_image
+from rescue_eval.models.http_roles import BACKOFF_BASE_S, BACKOFF_MAX_S, RemoteRoleError, encoded_image, without_credentials
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from rescue_eval.models.tiny import PREFIX
@@ -69,23 +79,74 @@ def read_completion(body: dict) -> tuple[str, int, int]:
 
 
 class ChatServer:
-    """One served model behind /chat/completions."""
+    """One served model behind /chat/completions, through the openai client."""
 
     def __init__(self, role: str, model: str, url: str, max_concurrency: int, timeout_s: float, retries: int,
-                 max_new_tokens: int, backoff_s: float):
-        self.model, self.max_new_tokens = model, max_new_tokens
-        self.client = JsonClient(role, url.rstrip("/") + "/chat/completions", max_concurrency, timeout_s, retries,
-                                 api_key=os.environ.get("OPENAI_API_KEY") or None, backoff_s=backoff_s)
-        log.info("%s: model %s on %s", role, model, self.client.where)
+                 max_new_tokens: int, backoff_s: float, extra_body: dict | None = None):
+        import httpx
+        import openai
+
+        self.role, self.model, self.max_new_tokens = role, model, max_new_tokens
+        self.timeout_s, self.retries, self.backoff_s, self.extra_body = timeout_s, retries, backoff_s, extra_body
+        base_url = url.rstrip("/")
+        self.where = without_credentials(base_url + "/chat/completions")
+        self._secret = os.environ.get("OPENAI_API_KEY") or None
+        # a server without keys accepts any; the client insists on one
+        self.client = openai.OpenAI(base_url=base_url, api_key=self._secret or "EMPTY", timeout=timeout_s,
+                                    max_retries=retries,
+                                    http_client=openai.DefaultHttpxClient(
+                                        limits=httpx.Limits(max_connections=max_concurrency)))
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"{role}-openai")
+        log.info("%s: model %s on %s", role, model, self.where)
+
+    def map(self, fn: Callable, items: list) -> list:
+        """fn over items, at most max_concurrency at once, answers in item order; the first error is raised."""
+        return list(self._pool.map(fn, items))
 
     def complete(self, messages: list[dict], image_urls: list[str], schema: dict | None, schema_name: str,
                  **sampling) -> tuple[str, int, int]:
-        body = {"model": self.model, "messages": with_image_urls(messages, image_urls),
-                "max_tokens": self.max_new_tokens, **sampling}
+        request = {"model": self.model, "messages": with_image_urls(messages, image_urls),
+                   "max_tokens": self.max_new_tokens, **sampling}
         if schema is not None:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
-        return self.client.post(body, read_completion)
+            request["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
+        if self.extra_body:
+            request["extra_body"] = self.extra_body
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:  # a body that is no JSON fails in the client, one without a completion in reading it
+                return read_completion(self._create(request).model_dump())
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                failure = f"malformed answer ({type(exc).__name__}: {exc})"
+            if attempt < attempts:
+                time.sleep(random.uniform(0, min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1))))
+        raise RemoteRoleError(self._message(failure, attempts))
+
+    def _create(self, request: dict):
+        """One chat completion, the client's own retries included; its failures as RemoteRoleError."""
+        import openai
+
+        try:
+            return self.client.chat.completions.create(**request)
+        except openai.APITimeoutError:
+            failure, attempts = f"no answer within timeout_s={self.timeout_s}", self.retries + 1
+        except openai.APIConnectionError as exc:
+            failure, attempts = f"connection failed ({type(exc.__cause__ or exc).__name__})", self.retries + 1
+        except openai.APIStatusError as exc:
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            failure = f"HTTP {exc.status_code}: {exc.response.text[:300]}"
+            attempts = self.retries + 1 if retried else 1
+        except openai.APIResponseValidationError as exc:
+            failure, attempts = f"malformed answer ({exc})", 1
+        raise RemoteRoleError(self._message(failure, attempts))
+
+    def _message(self, failure: str, attempts: int) -> str:
+        message = f"{self.role} server {self.where}: {failure} (after {attempts} attempt(s))"
+        return message.replace(self._secret, "<redacted>") if self._secret else message
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.client.close()
 
 
 class OpenAIPlanner:
@@ -96,10 +157,10 @@ class OpenAIPlanner:
                  timeout_s: float = 120.0, retries: int = 3, max_new_tokens: int = 64,
                  structured_output: bool = True, strategies: Sequence[str] | None = None,
                  temperatures: Sequence[float] = (0.3, 0.7, 1.0), max_pixels: int = PLANNER_MAX_PIXELS,
-                 backoff_s: float = BACKOFF_BASE_S):
+                 extra_body: dict | None = None, backoff_s: float = BACKOFF_BASE_S):
         self.chat = ChatServer("planner", served_model(checkpoint, "PLANNER_MODEL", PLANNER_MODEL),
                                url or os.environ.get("PLANNER_API_BASE") or PLANNER_URL,
-                               max_concurrency, timeout_s, retries, max_new_tokens, backoff_s)
+                               max_concurrency, timeout_s, retries, max_new_tokens, backoff_s, extra_body)
         self.schema = PLAN_SCHEMA if structured_output else None
         self.strategies, self.temperatures = check_plan_settings(strategies, temperatures)
         self.max_pixels = max_pixels
@@ -115,7 +176,7 @@ class OpenAIPlanner:
         image_urls = [data_url(fit_image(item.image, self.max_pixels)) for item in batch]  # once per item
         rows = plan_rows(batch, self.strategies, self.temperatures)
         results: list[list[Hypothesis]] = [[] for _ in batch]
-        for row, hypothesis in zip(rows, self.chat.client.map(ask, rows)):
+        for row, hypothesis in zip(rows, self.chat.map(ask, rows)):
             results[row.item].append(hypothesis)
         return results
 
@@ -126,10 +187,10 @@ class OpenAIJudge:
     def __init__(self, checkpoint: str = "", url: str | None = None, max_concurrency: int = 8,
                  timeout_s: float = 120.0, retries: int = 3, max_new_tokens: int = 16,
                  structured_output: bool = True, max_pixels: int = JUDGE_MAX_PIXELS,
-                 backoff_s: float = BACKOFF_BASE_S):
+                 extra_body: dict | None = None, backoff_s: float = BACKOFF_BASE_S):
         self.chat = ChatServer("judge", served_model(checkpoint, "VERIFIER_MODEL", VERIFIER_MODEL),
                                url or os.environ.get("VERIFIER_API_BASE") or VERIFIER_URL,
-                               max_concurrency, timeout_s, retries, max_new_tokens, backoff_s)
+                               max_concurrency, timeout_s, retries, max_new_tokens, backoff_s, extra_body)
         self.structured_output = structured_output
         self.max_pixels = max_pixels
 
@@ -146,4 +207,4 @@ class OpenAIJudge:
                 messages, [data_url(image) for image in images], schema if self.structured_output else None, schema_name, temperature=0.0)
             return JudgeAnswer(parse(text), text, tokens_in, tokens_out)
 
-        return self.chat.client.map(ask, requests)
+        return self.chat.map(ask, requests)

@@ -83,6 +83,7 @@ class VLMConfig(RoleConfig):
     tensor_parallel_size: int = 1  # vllm: one engine over this many GPUs of the hosting rank
     gpu_memory_utilization: float = 0.85  # vllm
     max_model_len: int = 32768  # vllm: context length (the original RESCue served with 32768)
+    extra_body: Optional[dict] = None  # openai: the server's own request fields, e.g. {"top_k": -1} for vLLM
 
 
 @dataclass

@@ -61,4 +61,4 @@ def remote():
 
     yield build
     for adapter in built:
-        (adapter.chat.client if hasattr(adapter, "chat") else adapter.client).close()
+        (adapter.chat if hasattr(adapter, "chat") else adapter.client).close()

@@ -63,7 +63,7 @@ class ScriptedChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with script.lock:
-                    script.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    script.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                     failure = script.failures.pop(0) if script.failures else None
                     script.in_flight += 1
                     script.max_in_flight = max(script.max_in_flight, script.in_flight)
@@ -152,7 +152,7 @@ def test_planner_sends_one_seeded_request_per_hypothesis(chat_server, remote):
     for request in server.requests:
         body = request["body"]
         assert request["path"] == "/v1/chat/completions"
-        assert request["headers"]["Authorization"] == f"Bearer {FAKE_KEY}"
+        assert request["headers"]["authorization"] == f"Bearer {FAKE_KEY}"
         assert body["model"] == "served-planner"
         assert body["temperature"] == by_seed[body["seed"]].temperature
         assert STRATEGIES[by_seed[body["seed"]].strategy] in body["messages"][0]["content"][-1]["text"]
@@ -220,9 +220,9 @@ def test_original_variables_choose_server_and_model(monkeypatch, chat_server, re
 
 def test_defaults_are_the_original_services(remote):
     planner, judge = remote(OpenAIPlanner, checkpoint="tiny:qwen3-vl"), remote(OpenAIJudge)
-    assert (planner.chat.client.url, planner.chat.model) == ("http://localhost:8002/v1/chat/completions",
+    assert (planner.chat.where, planner.chat.model) == ("http://localhost:8002/v1/chat/completions",
                                                              "Qwen/Qwen3-VL-8B-Instruct")
-    assert (judge.chat.client.url, judge.chat.model) == ("http://localhost:8000/v1/chat/completions",
+    assert (judge.chat.where, judge.chat.model) == ("http://localhost:8000/v1/chat/completions",
                                                          "Qwen/Qwen3-VL-30B-A3B-Thinking")
     assert remote(HttpSegmenter).client.url == "http://localhost:8001/segment"
     assert remote(HttpScorer).client.url == "http://localhost:8003/verify"
@@ -278,3 +278,11 @@ def test_too_many_requests_is_retried(chat_server, remote):
     planner = remote(OpenAIPlanner, checkpoint="m", url=server.url + "/v1", **FAST)
     [[hypothesis]] = planner.propose([PlanItem(sample_image(), "q", n=1, seed=0)])
     assert hypothesis.status == "ok" and len(server.requests) == 2
+
+
+def test_a_servers_own_fields_go_with_every_request(chat_server, remote):
+    """extra_body: e.g. vLLM's top_k (its server would apply the checkpoint's own top_k otherwise)."""
+    server = chat_server()
+    planner = remote(OpenAIPlanner, checkpoint="m", url=server.url + "/v1", extra_body={"top_k": -1})
+    planner.propose([PlanItem(sample_image(), "q", n=2, seed=0)])
+    assert [r["body"]["top_k"] for r in server.requests] == [-1, -1]
