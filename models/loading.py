@@ -14,3 +14,13 @@ def check_loading_info(role: str, checkpoint: str, info: dict) -> None:
         raise UsageError(f"{role}.checkpoint {checkpoint!r} does not fit its model class: {len(missing)} weight(s) "
                          f"missing and {len(mismatched)} of another shape (e.g. {', '.join(example)}); point "
                          f"--{role}.checkpoint at a checkpoint of that role, or pick the role's matching backend.")
+
+
+THINKING_PROBE = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
+
+
+def opens_thinking(renderer) -> bool:
+    """Whether a chat template (of a processor or tokenizer) opens <think> in its generation
+    prompt, as Qwen's Thinking checkpoints do: their answer is what follows </think>."""
+    prompt = renderer.apply_chat_template(THINKING_PROBE, add_generation_prompt=True, tokenize=False)
+    return prompt.rstrip().endswith("<think>")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
-from rescue_eval.models.loading import check_loading_info
+from rescue_eval.models.loading import check_loading_info, opens_thinking
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, check_plan_settings, duel_request,
                                              fit_image, plan_rows, rate_request, to_hypothesis)
@@ -36,7 +36,7 @@ class Generation:
 class LoadedVLM:
     """One Qwen3-VL model + processor; planner and judge on the same checkpoint share it."""
 
-    def __init__(self, path: str, device: str, dtype: str, role: str = "planner"):
+    def __init__(self, path: str, device: str, dtype: str, device_map: str | None = None, role: str = "planner"):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -44,16 +44,16 @@ class LoadedVLM:
         self.processor.tokenizer.padding_side = "left"  # generate appends on the right
         # the Auto class: Qwen3-VL-30B-A3B is qwen3_vl_moe, which the dense class would load with
         # random MLPs and only a warning
+        # device_map ("auto"): a model too big for one GPU is spread over the visible ones by accelerate
+        placement = {"device_map": device_map} if device_map else {}
         model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                                  output_loading_info=True)
+                                                                  output_loading_info=True, **placement)
         check_loading_info(role, path, info)
-        self.model = model.to(device).eval()
+        self.model = (model if device_map else model.to(device)).eval()
         # a Thinking checkpoint's template opens <think> in the generation prompt: its answer is
         # what follows </think>, and text without it is reasoning cut short, not an answer
-        probe = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
-        self.thinking = self.processor.apply_chat_template(probe, add_generation_prompt=True,
-                                                           tokenize=False).rstrip().endswith("<think>")
-        self.device = device
+        self.thinking = opens_thinking(self.processor)
+        self.device = self.model.device if device_map else device  # inputs go where the embeddings are
         eos = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
         self.stop_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         # One generate() at a time, even when a planner and a judge sharing this model are served
@@ -121,10 +121,11 @@ _LOADED: dict[tuple[str, str, str], LoadedVLM] = {}
 _LOADED_LOCK = threading.Lock()
 
 
-def load_shared(checkpoint: str, device: str = "cpu", dtype: str = "float32", role: str = "planner") -> LoadedVLM:
+def load_shared(checkpoint: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+                role: str = "planner") -> LoadedVLM:
     """The model for (checkpoint, device, dtype), loaded on first request only."""
     with _LOADED_LOCK:
-        key = (resolve_checkpoint(checkpoint), device, dtype)  # `tiny:x` and its path are one model
+        key = (resolve_checkpoint(checkpoint), device, dtype, device_map)  # `tiny:x` and its path are one model
         if key not in _LOADED:
             _LOADED[key] = LoadedVLM(*key, role=role)
         return _LOADED[key]
@@ -166,8 +167,8 @@ class Qwen3VLPlanner:
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
                  strategies: Sequence[str] | None = None, temperatures: Sequence[float] = (0.3, 0.7, 1.0),
-                 max_pixels: int = PLANNER_MAX_PIXELS):
-        self.vlm = load_shared(checkpoint, device, dtype)
+                 max_pixels: int = PLANNER_MAX_PIXELS, device_map: str | None = None):
+        self.vlm = load_shared(checkpoint, device, dtype, device_map)
         self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.schema = PLAN_SCHEMA if structured_output else None
@@ -196,8 +197,8 @@ class Qwen3VLJudge:
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16,
-                 max_pixels: int = JUDGE_MAX_PIXELS):
-        self.vlm = load_shared(checkpoint, device, dtype, role="judge")
+                 max_pixels: int = JUDGE_MAX_PIXELS, device_map: str | None = None):
+        self.vlm = load_shared(checkpoint, device, dtype, device_map, role="judge")
         self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         # A grammar from the first token would forbid a Thinking model's reasoning and its

@@ -16,6 +16,10 @@ renderers/chat_utils/chat_message.py, engine/arg_utils.py, v1/worker/gpu_worker.
   merged with the checkpoint's generation_config (only `LLM.get_default_sampling_params` is), so
   a hypothesis is plain temperature sampling over the whole vocabulary, as in the transformers
   backend, seeded per request.
+- A Thinking checkpoint (its chat template opens <think>) gets `reasoning_parser="qwen3"`, an
+  EngineArgs field (StructuredOutputsConfig.reasoning_parser): structured output then applies
+  only after </think>. Offline outputs keep the reasoning in `.text` (no separate field), so the
+  answer is parsed after </think>, and text without it is reasoning cut short: unusable.
 - Token counts: `len(output.prompt_token_ids)` (image tokens included) and
   `len(output.outputs[0].token_ids)`.
 - GPU placement: `device_ids` (vllm-project/vllm PR #45026; in 0.33.0) picks the engine's GPUs
@@ -31,6 +35,7 @@ renderers/chat_utils/chat_message.py, engine/arg_utils.py, v1/worker/gpu_worker.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Sequence
@@ -39,6 +44,7 @@ from PIL import Image
 
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from rescue_eval.models.loading import opens_thinking
 from rescue_eval.models.qwen3_vl import Generation
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, PlanRow, check_plan_settings,
@@ -47,8 +53,11 @@ from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXEL
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
+log = logging.getLogger(__name__)
+
 Request = tuple[list[dict], dict]  # chat messages with their images, SamplingParams keyword arguments
 
+REASONING_PARSER = "qwen3"  # vLLM's parser for Qwen3 / Qwen3-VL Thinking checkpoints
 MAX_MODEL_LEN = 32768  # the original RESCue served its models with --max-model-len 32768
 MAX_IMAGES_PER_PROMPT = 2  # a duel shows two; vLLM reserves memory for this many, and no video
 
@@ -109,6 +118,20 @@ def to_sampling_params(kwargs: dict):
     return SamplingParams(**kwargs)
 
 
+def thinking_checkpoint(path: str) -> bool:
+    """Whether the checkpoint's chat template opens <think>, read with transformers' tokenizer
+    from the local folder or cache only (`rescue-eval download` puts it there). A checkpoint not
+    there yet is taken as not thinking, with a warning: vLLM may still fetch it itself."""
+    from transformers import AutoTokenizer
+
+    try:
+        return opens_thinking(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    except (OSError, ValueError) as exc:
+        log.warning("%s: its chat template could not be read locally (%s); a Thinking checkpoint would get no "
+                    "reasoning parser: run `rescue-eval download` first", path, type(exc).__name__)
+        return False
+
+
 class VLLMEngine:
     """One vLLM engine; a planner and a judge on the same checkpoint and GPUs share it."""
 
@@ -128,6 +151,10 @@ class VLLMEngine:
         # would inherit that initialised torch.distributed state and skip or hang in its own
         # group set-up, so vLLM's workers are spawned (a user's own choice is kept).
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        self.thinking = thinking_checkpoint(path)
+        if self.thinking and hasattr(vllm.EngineArgs, "reasoning_parser"):
+            # structured output then starts after </think>, so a Thinking judge keeps its answers constrained
+            placement["reasoning_parser"] = REASONING_PARSER
         self.llm = vllm.LLM(model=path, dtype=dtype, tensor_parallel_size=len(gpus),
                             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
                             max_model_len=max_model_len,
@@ -223,5 +250,5 @@ class VLLMJudge:
 
     def _ask(self, asked, schema, parse) -> list[JudgeAnswer]:
         requests = judge_requests(asked, schema, self.max_new_tokens, self.structured_output)
-        return [JudgeAnswer(parse(g.text), g.text, g.tokens_in, g.tokens_out)
+        return [JudgeAnswer(parse(g.text, thinking=self.engine.thinking), g.text, g.tokens_in, g.tokens_out)
                 for g in self.engine.generate(requests)]

@@ -84,6 +84,7 @@ class VLMConfig(RoleConfig):
     gpu_memory_utilization: float = 0.85  # vllm
     max_model_len: int = 32768  # vllm: context length (the original RESCue served with 32768)
     extra_body: Optional[dict] = None  # openai: the server's own request fields, e.g. {"top_k": -1} for vLLM
+    device_map: Optional[str] = None  # transformers: "auto" spreads a model too big for one GPU over the visible ones
 
 
 @dataclass

@@ -211,6 +211,20 @@ def test_adapters_turn_outputs_into_hypotheses_and_answers(fake_vllm):
     assert not hasattr(judge.engine.llm.calls[-1][1][0], "structured_outputs")
 
 
+def test_a_thinking_judge_gets_the_reasoning_parser_and_answers_only_after_think(fake_vllm):
+    from rescue_eval.models import tiny
+
+    fake_vllm.EngineArgs.reasoning_parser = ""
+    thinking = str(tiny.build("qwen3-vl-moe-thinking"))
+    judge = VLLMJudge(thinking, device="cuda:0")
+    assert judge.engine.thinking and judge.engine.llm.kwargs["reasoning_parser"] == "qwen3"
+    rates, duels = judge_items()
+    assert [a.value for a in judge.duel(duels)] == [None]  # no </think>: reasoning cut short, no verdict
+    instruct = VLLMJudge(str(tiny.build("qwen3-vl")), device="cuda:0")
+    assert not instruct.engine.thinking and "reasoning_parser" not in instruct.engine.llm.kwargs
+    assert [a.value for a in instruct.duel(duels)] == ["B"]
+
+
 def test_roles_sharing_an_engine_need_the_same_engine_settings(fake_vllm):
     VLLMPlanner(CHECKPOINT, device="cuda:0", gpu_memory_utilization=0.8)
     with pytest.raises(UsageError, match="same values"):

@@ -115,7 +115,7 @@ def _build(out_dir: Path, moe: bool, thinking: bool) -> None:
     config.eos_token_id = ids[IM_END]
     config.pad_token_id = ids[END_OF_TEXT]
 
-    with torch.random.fork_rng():  # seeded weights without touching the caller's RNG state
+    with torch.random.fork_rng(devices=[]):  # seeded CPU weights without touching the caller's RNG state
         torch.manual_seed(SEED)
         model = model_class(config).eval()
     # A turn ends at <|im_end|>, <|endoftext|> also stops; the checkpoints ship sampling defaults.
