@@ -25,6 +25,7 @@ import numpy as np
 
 from rescue_eval.core.types import SegmentItem
 from rescue_eval.models.loading import check_loading_info
+from rescue_eval.models.sam3_layout import load_tracker
 from rescue_eval.models.tiny import resolve_checkpoint
 
 MAX_HOLE_AREA = 256  # SAM 3's predictor: background holes up to this many low-res pixels are filled
@@ -51,13 +52,13 @@ def fill_holes(logits, max_hole_area: float = MAX_HOLE_AREA, threshold: float = 
 class Sam3TrackerSegmenter:
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32"):
         import torch
-        from transformers import Sam3TrackerModel, Sam3TrackerProcessor
+        from transformers import Sam3TrackerProcessor
 
         path = resolve_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.processor = Sam3TrackerProcessor.from_pretrained(path)
-        model, info = Sam3TrackerModel.from_pretrained(path, dtype=self.dtype, output_loading_info=True)
+        model, info = load_tracker(path, self.dtype)  # facebook/sam3's sam3_video layout too
         check_loading_info("executor", checkpoint, info)
         neck = model.vision_encoder.neck
         levels = len(model.backbone_feature_sizes)

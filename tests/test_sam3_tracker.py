@@ -2,11 +2,15 @@
 image, batching invariance, and the checkpoint's save / load round trip."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from rescue_eval.models import tiny
+from rescue_eval.models.sam3_layout import load_tracker
 from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter, fill_holes
 from rescue_eval.core.types import SegmentItem
 from rescue_eval.dist.serving import RoleServer
@@ -107,9 +111,12 @@ def test_each_image_encoded_once_and_decoded_once(segmenter, monkeypatch):
 
 def test_deterministic_build_and_load_round_trip(checkpoint, tmp_path):
     import torch
-    from transformers import AutoProcessor, Sam3TrackerModel, Sam3TrackerProcessor
+    from transformers import AutoProcessor, Sam3TrackerProcessor
 
-    model = Sam3TrackerModel.from_pretrained(checkpoint)
+    # facebook/sam3's layout: a sam3_video config with the tracker's under tracker_config
+    assert json.loads((Path(checkpoint) / "config.json").read_text())["model_type"] == "sam3_video"
+    model, info = load_tracker(checkpoint, torch.float32)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
     processor = Sam3TrackerProcessor.from_pretrained(checkpoint)
     assert processor.image_processor.size["height"] == model.config.prompt_encoder_config.image_size == 224
     # like facebook/sam3, the checkpoint names another processor: AutoProcessor is the wrong door
@@ -118,7 +125,7 @@ def test_deterministic_build_and_load_round_trip(checkpoint, tmp_path):
 
     rebuilt_dir = tiny.build("sam3-tracker", root=tmp_path)
     assert (rebuilt_dir / "model.safetensors").stat().st_size < 1_000_000
-    rebuilt = Sam3TrackerModel.from_pretrained(rebuilt_dir).state_dict()
+    rebuilt = load_tracker(str(rebuilt_dir), torch.float32)[0].state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, rebuilt[name]), name
 
@@ -135,11 +142,9 @@ def test_the_decoder_reads_the_1x_level_with_the_no_memory_embedding(segmenter, 
     """SAM 3's order: the 0.5x level is dropped before the no-memory embedding is added, so the
     1x map the mask decoder reads carries it (transformers adds it to the dropped level)."""
     import torch
-    from transformers import Sam3TrackerModel
-
     model = segmenter.model
     assert len(model.vision_encoder.neck.fpn_layers) == len(model.backbone_feature_sizes) == 3
-    raw = Sam3TrackerModel.from_pretrained(checkpoint).eval()
+    raw = load_tracker(checkpoint, torch.float32)[0].eval()
     assert len(raw.vision_encoder.neck.fpn_layers) == 4  # the twin has facebook/sam3's four levels
     pixels = segmenter.processor(images=[make_image(3)], return_tensors="pt")["pixel_values"]
     with torch.inference_mode():

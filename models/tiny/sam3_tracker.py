@@ -4,9 +4,11 @@ Same classes and file layout as the real `facebook/sam3` tracker, scaled down: 2
 patch 14 (a 16 x 16 token grid), a 2-layer ViT of width 32 and a 32-wide prompt encoder / mask
 decoder. About 0.5 MB; random weights, so its masks are arbitrary but deterministic.
 
-Kept as the real checkpoint has them: four FPN levels (scale factors 4, 2, 1, 0.5; the tracker
-uses the first three), and a processor config that names the checkpoint's own processor
-(`Sam3VideoProcessor`), which `AutoProcessor` would return instead of the tracker's.
+Kept as the real checkpoint has them: the `sam3_video` layout (config under `tracker_config`,
+weights under `detector_model.` / `tracker_neck.` / `tracker_model.`), four FPN levels (scale
+factors 4, 2, 1, 0.5; the tracker uses the first three), and a processor config that names the
+checkpoint's own processor (`Sam3VideoProcessor`), which `AutoProcessor` would return instead of
+the tracker's.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def build(out_dir: Path) -> None:
     model = Sam3TrackerModel(config).eval()
     with torch.no_grad():  # trained in the real model; zeros at init would hide where it is added
         model.no_memory_embedding.normal_(std=0.02)
-    model.save_pretrained(out_dir)
+    save_video_layout(model, out_dir)
 
     image_processor = Sam3ImageProcessor(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
@@ -75,3 +77,29 @@ def build(out_dir: Path) -> None:
     settings = json.loads(processor_config.read_text())
     settings["processor_class"] = "Sam3VideoProcessor"
     processor_config.write_text(json.dumps(settings, indent=2))
+
+
+def save_video_layout(model, out_dir: Path) -> None:
+    """Save the tracker in facebook/sam3's `sam3_video` layout: its config under
+    `tracker_config`, its ViT under the detector's name, its neck as `tracker_neck`, the rest
+    under `tracker_model` (models/sam3_layout.py reads it back). Written from the model's own
+    weight names: transformers' save_pretrained would apply its own renaming rules. The twin has
+    no concept detector beyond the shared ViT: `detector_config` names the model type only."""
+    from safetensors.torch import save_file
+
+    renamed = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("vision_encoder.backbone."):
+            key = "detector_model." + key
+        elif key.startswith("vision_encoder.neck."):
+            key = "tracker_neck." + key[len("vision_encoder.neck."):]
+        else:
+            key = "tracker_model." + key
+        renamed[key] = tensor.detach().contiguous().clone()
+    save_file(renamed, out_dir / "model.safetensors", metadata={"format": "pt"})
+    tracker = model.config.to_dict()
+    tracker.pop("architectures", None)
+    tracker["model_type"] = "sam3_tracker_video"
+    video = {"architectures": ["Sam3VideoModel"], "model_type": "sam3_video", "tracker_config": tracker,
+             "detector_config": {"model_type": "sam3"}}
+    (out_dir / "config.json").write_text(json.dumps(video, indent=2))
