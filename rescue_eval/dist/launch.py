@@ -6,12 +6,15 @@ The process group is gloo: it only carries the metric sync and a few small colle
 """
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch.distributed as dist
 
+log = logging.getLogger("rescue_eval")
 
 @dataclass(frozen=True)
 class Launch:
@@ -46,6 +49,7 @@ def init_process_group(launch: Launch, timeout_s: float) -> dist.Store:
     the previous round are still there and would send the new ranks to dead addresses: each
     round's keys get a prefix of their own.
     """
+    log.info("rank %d: %s", launch.rank, choose_network(os.environ.get("MASTER_ADDR", "127.0.0.1")))
     timeout = timedelta(seconds=timeout_s)
     store, _, _ = next(dist.rendezvous("env://", rank=launch.rank, world_size=launch.world, timeout=timeout))
     store = dist.PrefixStore(f"rescue-eval/round-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
@@ -74,3 +78,44 @@ def gather(obj, world: int) -> list:
     box = [None] * world
     dist.all_gather_object(box, obj)
     return box
+
+
+NETWORK_VARIABLES = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
+
+
+def interface_towards(host: str) -> tuple[str, str]:
+    """(interface, local address) of this machine's route to `host`, as the kernel chooses it: a
+    UDP socket `connect`ed there sends nothing but gets the local address of that route."""
+    import fcntl
+    import struct
+
+    address = socket.gethostbyname(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 9))
+        local = probe.getsockname()[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as query:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR: the interface's IPv4 address
+                packed = fcntl.ioctl(query.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address on it
+                continue
+            if socket.inet_ntoa(packed[20:24]) == local:
+                return name, local
+    raise OSError(f"no interface holds {local}, the local address of the route to {host}")
+
+
+def choose_network(master: str) -> str:
+    """Point gloo and TensorPipe at the interface whose route reaches the rendezvous host, unless
+    the user set them: both otherwise pick the address the hostname resolves to, which in
+    containers and on clusters (Debian writes 127.0.1.1 for it) other hosts cannot reach.
+    Returns a line for the log."""
+    preset = {name: os.environ[name] for name in NETWORK_VARIABLES if os.environ.get(name)}
+    if len(preset) == len(NETWORK_VARIABLES):
+        return f"network interfaces as set: {preset}"
+    try:
+        interface, local = interface_towards(master)
+    except OSError as exc:
+        return f"no route to the rendezvous host {master} was found ({exc}); gloo and TensorPipe choose their own"
+    for name in NETWORK_VARIABLES:
+        os.environ.setdefault(name, interface)
+    return f"network interface {interface} ({local}), the route to the rendezvous host {master}"

@@ -36,7 +36,14 @@ class RpcTransport:
         options = rpc.TensorPipeRpcBackendOptions(rpc_timeout=settings.rpc_timeout_s, num_worker_threads=32,
                                                   init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}",
                                                   _transports=["uv"], _channels=["basic"])
-        rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
+        try:
+            rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
+        except RuntimeError as exc:
+            interface = os.environ.get("TP_SOCKET_IFNAME", "the one the hostname resolves to")
+            raise TransportError(f"RPC could not start on rank {rank} (rendezvous {os.environ['MASTER_ADDR']}:{port}, "
+                                 f"interface {interface}: {str(exc).splitlines()[0][:160]}); set TP_SOCKET_IFNAME "
+                                 f"and GLOO_SOCKET_IFNAME to the interface the nodes share, or use "
+                                 f"--dist.transport local with every role placed on all ranks.") from exc
 
     def serve(self, server: RoleServer) -> None:
         _SERVERS[server.name] = server
