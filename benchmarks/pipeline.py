@@ -52,7 +52,6 @@ from benchmarks.table import Row
 
 WORLD = 4
 DEDICATED = [f"--placement.{role}=[{k}]" for k, role in enumerate(synthetic.ROLES)]
-NO_CHECKPOINTS = [arg for role in synthetic.ROLES for arg in (f"--{role}.checkpoint", "synthetic")]
 
 
 def make_dataset(root: Path, samples: int, image_size: int = 0) -> list[str]:
@@ -79,7 +78,7 @@ def make_dataset(root: Path, samples: int, image_size: int = 0) -> list[str]:
 def pipelined_run(costs: dict, data_args: list[str], parallel_requests: int, tmp: Path) -> dict:
     out, timelines = tmp / "out", tmp / "timelines"
     timelines.mkdir()
-    run_args = ["--output", str(out), *data_args, *NO_CHECKPOINTS, *COMMON_RUN_ARGS, *DEDICATED,
+    run_args = ["--output", str(out), *data_args, *COMMON_RUN_ARGS, *DEDICATED,
                 "--run.parallel_requests", str(parallel_requests)]
     torchrun(WORLD, "benchmarks.pipeline_worker", [synthetic.format_costs(costs), str(timelines), "--", *run_args],
              timeout_s=600)

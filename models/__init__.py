@@ -4,7 +4,8 @@ it needs is imported only when that backend is built.
 
 An adapter declares its configuration keys by its constructor's parameters: a key of the role's
 section that the chosen backend does not take, set to anything but its default, is an error
-that names it (never dropped silently).
+that names it (never dropped silently); `checkpoint` and `dtype`, which every role's section
+has, get a warning instead.
 
 Adding a backend: one module with the class, and one `register` line here.
 """
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.protocols import ROLE_NAMES
 from rescue_eval.core.registry import Registry
+
+log = logging.getLogger("rescue_eval")
 
 BACKENDS = {role: Registry(f"{role} backend", f"{role}.backend") for role in ROLE_NAMES}
 BACKENDS["planner"].register("transformers", "rescue_eval.models.qwen3_vl:Qwen3VLPlanner")
@@ -34,6 +38,10 @@ BACKENDS["judge"].register("openai", "rescue_eval.models.openai_api:OpenAIJudge"
 
 # keys of a role's section that the harness uses itself, whatever the backend
 HARNESS_KEYS = {"backend", "device", "max_batch", "max_n", "dedup_iou"}
+# keys every role has: a config file names them for its backend, and switching the backend on the
+# command line (to gt_box, grabcut, a remote server) should not mean editing the file, so a backend
+# that does not take one says so in a warning instead of refusing
+ROLE_KEYS = {"checkpoint", "dtype"}
 
 
 def adapter_keys(role: str, backend: str) -> set[str]:
@@ -50,7 +58,9 @@ def adapter_kwargs(role: str, section) -> dict:
         value = getattr(section, f.name)
         if f.name in accepted:
             kwargs[f.name] = value
-        elif f.name not in HARNESS_KEYS and value != _default(f):
+        elif f.name in ROLE_KEYS and value != _default(f):
+            log.warning("%s.%s (%r) is not used by %s.backend %s", role, f.name, value, role, section.backend)
+        elif f.name not in HARNESS_KEYS | ROLE_KEYS and value != _default(f):
             users = sorted(b for b in BACKENDS[role].names() if f.name in adapter_keys(role, b))
             raise UsageError(f"{role}.{f.name} is set but {role}.backend {section.backend} does not use it; "
                              f"remove it, or choose a backend that does ({', '.join(users) or 'none'}).")

@@ -23,10 +23,12 @@ def validate(cfg: Config, world: int, rank: int, local_rank: int) -> None:
 
 def prepare_checkpoints(cfg: Config) -> None:
     """Build the tiny checkpoints the config names (once, on rank 0, before any rank loads them)."""
+    from rescue_eval.models import adapter_keys
     from rescue_eval.models.tiny import resolve_checkpoint
 
-    for section in role_sections(cfg).values():
-        resolve_checkpoint(section.checkpoint)
+    for role, section in role_sections(cfg).items():
+        if "checkpoint" in adapter_keys(role, section.backend):
+            resolve_checkpoint(section.checkpoint)
 
 
 def start_servers(cfg: Config, rank: int, world: int, local_rank: int) -> dict[str, RoleServer]:

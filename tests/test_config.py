@@ -85,3 +85,14 @@ def test_eight_gpu_layout():
     cfg = parse("--config", "configs/reasonseg_8gpu.yaml", "--data.root", "/data")
     p = cfg.placement
     assert (p.judge, p.planner, p.executor, p.scorer) == ([0], [4, 5], [6], [7])
+
+
+def test_a_key_the_chosen_backend_does_not_take_is_refused_by_name(caplog):
+    with pytest.raises(UsageError, match=r"executor.url is set but executor.backend grabcut does not use it.*\(http\)"):
+        parse("--executor.backend", "grabcut", "--executor.url", "http://127.0.0.1:1")
+    with pytest.raises(UsageError, match=r"planner.max_model_len .*transformers does not use it.*vllm"):
+        parse("--planner.max_model_len", "4096")
+    # every role has a checkpoint: switching the backend of a config that names one only warns
+    cfg = parse("--planner.checkpoint", "Qwen/Qwen3-VL-4B-Instruct", "--planner.backend", "gt_box")
+    assert cfg.planner.backend == "gt_box"
+    assert "planner.checkpoint ('Qwen/Qwen3-VL-4B-Instruct') is not used by planner.backend gt_box" in caplog.text
