@@ -190,3 +190,20 @@ def test_a_judge_error_on_one_question_is_that_questions_unusable_answer():
     assert winners[0] == 0 and winners[1] is None  # asked alone after the batch raised
     assert memo.errors == 1 and memo.unusable == 1
     assert "judge error: ConnectionError" in memo.answers[-1]["raw_text"]
+
+
+def test_noise_below_the_resolution_never_flips_a_choice():
+    """Scores that differ by batch noise (1e-7) choose as if equal: the earlier hypothesis, in the
+    heuristic, in the tournament's seeding and in its fallback, whatever the noise."""
+    rng = np.random.default_rng(3)
+    same = box_mask(20, 20, 0, 0, 10, 10)
+    masks = [same, same.copy(), same.copy(), box_mask(20, 20, 8, 8, 20, 20)]  # three equal candidates
+    agree = agree_of(masks)
+    base = [0.4, 0.4, 0.4, 0.1]
+    for mode, judge_answer in (("heuristic", False), ("comparative", None)):
+        choices = set()
+        for _ in range(20):
+            siglip = [s + rng.uniform(-1e-7, 1e-7) for s in base]
+            judge = make(masks, RuleJudge(masks[0], judge_answer)) if mode == "comparative" else None
+            choices.add(select(4, agree, siglip, judge, VerifierSettings(mode=mode, siglip_scaling="raw")).chosen)
+        assert len(choices) == 1, (mode, choices)

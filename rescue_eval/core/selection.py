@@ -157,6 +157,22 @@ def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[flo
     return strategy(settings).select_sweep(sizes, agree, siglip, judge, settings)
 
 
+# Scores are compared at this resolution, ties going to the earlier hypothesis: a model's scores
+# move in the 7th digit when a role batches another mix of samples (GEMM shapes, padding), and
+# that must not flip a choice between world sizes or parallel_requests settings.
+RESOLUTION = 1e-6
+
+
+def resolved(scores) -> np.ndarray:
+    """Scores as integer multiples of RESOLUTION, for every comparison a selection makes."""
+    return np.rint(np.asarray(scores, dtype=np.float64) / RESOLUTION).astype(np.int64)
+
+
+def agrees(agree: PrefixAgreement, n: int, settings: VerifierSettings) -> bool:
+    """Cut the chase: the hypotheses among the first n agree above the threshold."""
+    return int(resolved(agree.mean_iou(n))) > int(resolved(settings.cut_the_chase))
+
+
 def siglip_scores(siglip: list[float], k: int, settings: VerifierSettings) -> np.ndarray:
     """The first k candidates' SigLIP2 scores as the hybrid uses them. `minmax` (the original
     verifier's) rescales them to [0, 1] within the candidate set: raw sigmoid scores of masked
@@ -178,8 +194,8 @@ def heuristic_selection(n: int, agree: PrefixAgreement, siglip: list[float], set
         return Selection(0, hybrid=[1.0])
     w_s, w_a = settings.weight_siglip, settings.weight_agreement
     hybrid = (w_s * siglip_scores(siglip, k, settings) + w_a * agree.agreement(n)) / max(w_s + w_a, 1e-12)
-    best = int(np.argmax(hybrid))  # first maximum: ties go to the earlier hypothesis
-    return Selection(best, cut_the_chase=agree.mean_iou(n) > settings.cut_the_chase, hybrid=hybrid.tolist())
+    best = int(np.argmax(resolved(hybrid)))  # first maximum: ties go to the earlier hypothesis
+    return Selection(best, cut_the_chase=agrees(agree, n, settings), hybrid=hybrid.tolist())
 
 
 class HeuristicSelection:
@@ -199,7 +215,7 @@ class ComparativeSelection:
 
     @staticmethod
     def needs_judge(n: int, agree: PrefixAgreement, settings: VerifierSettings) -> bool:
-        return agree.size(n) >= 2 and agree.mean_iou(n) <= settings.cut_the_chase
+        return agree.size(n) >= 2 and not agrees(agree, n, settings)
 
     def select_sweep(self, sizes: dict[int, int], agree: PrefixAgreement, siglip: list[float],
                      judge: JudgeMemo | None, settings: VerifierSettings) -> dict[int, Selection]:
@@ -240,7 +256,8 @@ class _Tournament:
 
     def __init__(self, hybrid: np.ndarray):
         self.hybrid = hybrid
-        order = sorted(range(len(hybrid)), key=lambda i: (-hybrid[i], i))
+        self.resolved = resolved(hybrid)
+        order = sorted(range(len(hybrid)), key=lambda i: (-self.resolved[i], i))
         self.challengers = [order[rank] for rank in pyramid_order(len(hybrid))]
         self.winner, self.round = order[0], 0
 
@@ -254,7 +271,7 @@ class _Tournament:
     def play(self, result: int | None) -> None:
         challenger = self.challengers[self.round]
         if result is None:  # no usable verdict: the hybrid score decides, no one "wins" by default
-            self.winner = self.winner if self.hybrid[self.winner] >= self.hybrid[challenger] else challenger
+            self.winner = self.winner if self.resolved[self.winner] >= self.resolved[challenger] else challenger
         else:
             self.winner = result
         self.round += 1
