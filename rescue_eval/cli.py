@@ -22,7 +22,7 @@ commands:
   serve       host an executor or scorer over HTTP:  rescue-eval serve executor|scorer [--port P] [--ROLE.key value ...]
   doctor      check a config before a long job:  rescue-eval doctor --config FILE [--output OUT] [--world N] [--key.sub value ...]
 
-`rescue-eval run --help` lists every configuration key.
+`rescue-eval run --help` lists every configuration key; `rescue-eval --version` prints the version.
 """
 
 
@@ -155,6 +155,11 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "build-tiny": cmd_build_tiny, 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import version
+
+        print(f"rescue-eval {version('rescue-eval')}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)

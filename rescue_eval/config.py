@@ -44,12 +44,13 @@ LEGACY_FLAGS = {  # original RESCue option -> dotted key
     "--parallel_requests": "--run.parallel_requests",
     "--mode": "--verifier.mode",
     "--max_n": "--planner.max_n",
+    "--limit": "--data.limit",  # lmms-eval's and VLMEvalKit's name
 }
 
 # Keys that change how a run goes but not its results: a resumed run may change them freely
 # (placement included: results do not depend on the world size or the layout).
 RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests", "run.max_wait_ms",
-                    "run.strict"}
+                    "run.strict", "data.limit"}
 RESUME_FREE_SECTIONS = {"placement", "dist", "wandb"}
 
 
@@ -60,6 +61,7 @@ class DataConfig:
     split: str = "val"
     fraction: float = 1.0  # a deterministic subset of this share of the split
     fraction_seed: int = 0
+    limit: Optional[int] = None  # only the first N samples, in dataset order (after fraction)
 
 
 @dataclass
@@ -194,6 +196,8 @@ def validate(cfg: Config) -> None:
         adapter_kwargs(role, section)  # a key the chosen backend does not take is an error
     if not 0 < cfg.data.fraction <= 1:
         raise UsageError(f"data.fraction is {cfg.data.fraction}; give a share in (0, 1], e.g. --fraction 0.1.")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise UsageError(f"data.limit is {cfg.data.limit}; give at least 1 sample, or leave it out for the whole split.")
     if cfg.planner.max_n < 1:
         raise UsageError(f"planner.max_n is {cfg.planner.max_n}; give at least 1 hypothesis per sample.")
     if cfg.run.parallel_requests < 1:

@@ -30,7 +30,7 @@ from rescue_eval.io.progress import JobProgress
 from rescue_eval.io.report import write_report
 from rescue_eval.io.results import ResultWriter, load_records
 from rescue_eval.io.summary import environment, write_summary
-from rescue_eval.outdir import datamodule_of, notes_of, prepare_output, settings_of
+from rescue_eval.outdir import datamodule_of, evaluated_ids, notes_of, prepare_output, settings_of
 
 log = logging.getLogger("rescue_eval")
 
@@ -104,7 +104,7 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
     on_rank0_first(lambda: prepare(out, cfg, dm), rank, world)
     dm.setup("predict")
     dataset = dm.dataset
-    ids = dataset.ids
+    ids = evaluated_ids(cfg, dataset)
     settings = settings_of(cfg)
     metrics = SplitMetrics(settings.sweep, dataset.subsets)
 

@@ -48,6 +48,11 @@ def datamodule_of(cfg: Config):
     return build_datamodule(d.name, root=d.root, split=d.split, fraction=d.fraction, fraction_seed=d.fraction_seed)
 
 
+def evaluated_ids(cfg: Config, dataset) -> list[str]:
+    """The ids this config evaluates: the split (or its fraction), cut to data.limit."""
+    return list(dataset.ids[:cfg.data.limit] if cfg.data.limit else dataset.ids)
+
+
 def notes_of(cfg: Config) -> list[str]:
     """What a reader of the scores must know about how they were made."""
     notes = []
@@ -63,6 +68,8 @@ def notes_of(cfg: Config) -> list[str]:
                      "so scores are not strictly comparable with LISA's folder-format evaluation.")
     if cfg.data.fraction < 1:
         notes.append(f"evaluated a deterministic {cfg.data.fraction:.0%} subset (seed {cfg.data.fraction_seed}).")
+    if cfg.data.limit:
+        notes.append(f"evaluated at most the first {cfg.data.limit} samples in dataset order (data.limit).")
     return notes
 
 
@@ -80,14 +87,15 @@ def rebuild(out: Path) -> dict:
     dm.setup("predict")
     dataset = dm.dataset
     records = load_records(out)
+    ids = evaluated_ids(cfg, dataset)
     metrics = SplitMetrics(settings_of(cfg).sweep, dataset.subsets)
-    for sample_id in dataset.ids:
+    for sample_id in ids:
         if sample_id in records:
             metrics.update_record(records[sample_id])
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in dataset.ids if i in records)}
+    summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in ids if i in records)}
     summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
-                                   "n_total": len(dataset.ids)})
+                                   "n_total": len(ids)})
     summary.setdefault("mode", cfg.verifier.mode)
     summary.setdefault("siglip_scaling", cfg.verifier.siglip_scaling)
     summary.setdefault("notes", notes_of(cfg))

@@ -119,3 +119,20 @@ def test_original_rescue_options_and_heuristic_mode(env, tmp_path):
 def test_configuration_mistakes_are_one_clear_sentence(env, tmp_path, args, words):
     proc = cli(env, "run", "--output", str(tmp_path / "x"), *args, check=False)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_limit_takes_the_first_samples_and_a_run_without_it_resumes_the_rest(env, tmp_path):
+    out = tmp_path / "limited"
+    cli(env, "run", "--output", str(out), "--max_n", "2", "--limit", "3", "--run.progress", "false",
+        "--wandb.enabled", "false")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == summary["dataset"]["n_total"] == 3
+    assert sorted(r["id"] for r in records(out)) == ["demo_00", "demo_01", "demo_02"]
+    assert any("first 3 samples" in note for note in summary["notes"])
+    cli(env, "run", "--output", str(out), "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == 16 and summary["timing"]["new_samples"] == 13
+
+
+def test_version(env):
+    assert cli(env, "--version").stdout.startswith("rescue-eval 0.1.0")
