@@ -57,28 +57,43 @@ def without_credentials(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
-class JsonClient:
-    """POSTs JSON to one URL with bounded retries, at most `max_concurrency` requests in flight.
+class RemoteServer:
+    """What the client of every remote backend shares: a worker pool that bounds the requests in
+    flight (the harness calls a role from several threads, and the limit holds for the role as a
+    whole), backoff with full jitter between attempts, and failure messages that name the server
+    without credentials."""
 
-    Thread-safe: the harness calls a role from several threads, and all their requests share
-    this client's worker pool, so the limit holds for the role as a whole.
-    """
+    def __init__(self, name: str, where: str, max_concurrency: int, backoff_s: float, secret: str | None):
+        self.name, self.where, self.backoff_s, self._secret = name, without_credentials(where), backoff_s, secret
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"{name}-remote")
+
+    def map(self, fn: Callable, items: list) -> list:
+        """fn over items on the worker pool, answers in item order; the first error is raised."""
+        return list(self._pool.map(fn, items))
+
+    def wait_before_retry(self, attempt: int) -> None:
+        time.sleep(random.uniform(0, min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1))))
+
+    def failure(self, failure: str, attempts: int) -> RemoteRoleError:
+        message = f"{self.name} server {self.where}: {failure} (after {attempts} attempt(s))"
+        return RemoteRoleError(message.replace(self._secret, "<redacted>") if self._secret else message)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class JsonClient(RemoteServer):
+    """POSTs JSON to one URL with bounded retries, at most `max_concurrency` requests in flight."""
 
     def __init__(self, name: str, url: str, max_concurrency: int, timeout_s: float, retries: int,
                  api_key: str | None = None, backoff_s: float = BACKOFF_BASE_S):
         import httpx
 
-        self.name, self.url, self.where = name, url, without_credentials(url)
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self._secret = api_key
+        super().__init__(name, url, max_concurrency, backoff_s, api_key)
+        self.url, self.timeout_s, self.retries = url, timeout_s, retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout_s, headers=headers,
                                   limits=httpx.Limits(max_connections=max_concurrency))
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"{name}-http")
-
-    def map(self, fn: Callable, items: list) -> list:
-        """fn over items on the worker pool, answers in item order; the first error is raised."""
-        return list(self._pool.map(fn, items))
 
     def post(self, body: dict, read: Callable[[object], object]) -> object:
         """POST body; `read(decoded JSON answer)` makes the result and raises ValueError,
@@ -94,28 +109,24 @@ class JsonClient:
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 failure = f"connection failed ({type(exc).__name__}: {exc})"
             except httpx.HTTPError as exc:  # e.g. an unsupported scheme: asking again cannot help
-                raise RemoteRoleError(self._message(f"request failed ({type(exc).__name__}: {exc})", attempt)) from None
+                raise self.failure(f"request failed ({type(exc).__name__}: {exc})", attempt) from None
             else:
                 status = response.status_code
                 if status == 429 or status >= 500:
                     failure = f"HTTP {status}: {response.text[:300]}"
                 elif status >= 400:  # our request is wrong: asking again cannot help
-                    raise RemoteRoleError(self._message(f"HTTP {status}: {response.text[:300]}", attempt))
+                    raise self.failure(f"HTTP {status}: {response.text[:300]}", attempt)
                 else:
                     try:
                         return read(response.json())
                     except (ValueError, KeyError, IndexError, TypeError) as exc:
                         failure = f"malformed answer ({type(exc).__name__}: {exc})"
             if attempt < attempts:
-                time.sleep(random.uniform(0, min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1))))
-        raise RemoteRoleError(self._message(failure, attempts))
-
-    def _message(self, failure: str, attempts: int) -> str:
-        message = f"{self.name} server {self.where}: {failure} (after {attempts} attempt(s))"
-        return message.replace(self._secret, "<redacted>") if self._secret else message
+                self.wait_before_retry(attempt)
+        raise self.failure(failure, attempts)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        super().close()
         self._http.close()
 
 

@@ -26,14 +26,11 @@ import base64
 import io
 import logging
 import os
-import random
-import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Sequence
 
 from PIL import Image
 
-from rescue_eval.models.http_roles import BACKOFF_BASE_S, BACKOFF_MAX_S, RemoteRoleError, encoded_image, without_credentials
+from rescue_eval.models.http_roles import BACKOFF_BASE_S, RemoteServer, encoded_image
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
 from rescue_eval.models.tiny import PREFIX
@@ -78,7 +75,7 @@ def read_completion(body: dict) -> tuple[str, int, int]:
     return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-class ChatServer:
+class ChatServer(RemoteServer):
     """One served model behind /chat/completions, through the openai client."""
 
     def __init__(self, role: str, model: str, url: str, max_concurrency: int, timeout_s: float, retries: int,
@@ -86,22 +83,16 @@ class ChatServer:
         import httpx
         import openai
 
-        self.role, self.model, self.max_new_tokens = role, model, max_new_tokens
-        self.timeout_s, self.retries, self.backoff_s, self.extra_body = timeout_s, retries, backoff_s, extra_body
-        base_url = url.rstrip("/")
-        self.where = without_credentials(base_url + "/chat/completions")
-        self._secret = os.environ.get("OPENAI_API_KEY") or None
+        base_url, secret = url.rstrip("/"), os.environ.get("OPENAI_API_KEY") or None
+        super().__init__(role, base_url + "/chat/completions", max_concurrency, backoff_s, secret)
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.timeout_s, self.retries, self.extra_body = timeout_s, retries, extra_body
         # a server without keys accepts any; the client insists on one
-        self.client = openai.OpenAI(base_url=base_url, api_key=self._secret or "EMPTY", timeout=timeout_s,
+        self.client = openai.OpenAI(base_url=base_url, api_key=secret or "EMPTY", timeout=timeout_s,
                                     max_retries=retries,
                                     http_client=openai.DefaultHttpxClient(
                                         limits=httpx.Limits(max_connections=max_concurrency)))
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix=f"{role}-openai")
         log.info("%s: model %s on %s", role, model, self.where)
-
-    def map(self, fn: Callable, items: list) -> list:
-        """fn over items, at most max_concurrency at once, answers in item order; the first error is raised."""
-        return list(self._pool.map(fn, items))
 
     def complete(self, messages: list[dict], image_urls: list[str], schema: dict | None, schema_name: str,
                  **sampling) -> tuple[str, int, int]:
@@ -119,8 +110,8 @@ class ChatServer:
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                 failure = f"malformed answer ({type(exc).__name__}: {exc})"
             if attempt < attempts:
-                time.sleep(random.uniform(0, min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1))))
-        raise RemoteRoleError(self._message(failure, attempts))
+                self.wait_before_retry(attempt)
+        raise self.failure(failure, attempts)
 
     def _create(self, request: dict):
         """One chat completion, the client's own retries included; its failures as RemoteRoleError."""
@@ -138,14 +129,10 @@ class ChatServer:
             attempts = self.retries + 1 if retried else 1
         except openai.APIResponseValidationError as exc:
             failure, attempts = f"malformed answer ({exc})", 1
-        raise RemoteRoleError(self._message(failure, attempts))
-
-    def _message(self, failure: str, attempts: int) -> str:
-        message = f"{self.role} server {self.where}: {failure} (after {attempts} attempt(s))"
-        return message.replace(self._secret, "<redacted>") if self._secret else message
+        raise self.failure(failure, attempts)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        super().close()
         self.client.close()
 
 

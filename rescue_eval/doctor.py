@@ -139,10 +139,10 @@ def check_rpc(cfg: Config) -> list[Check]:
         return []
     import torch.multiprocessing as mp
 
-    from rescue_eval.dist.rpc import _free_port
+    from rescue_eval.dist.rpc import free_port
 
     try:
-        mp.start_processes(_rpc_worker, args=(_free_port(),), nprocs=2, join=True, start_method="spawn")
+        mp.start_processes(_rpc_worker, args=(free_port(),), nprocs=2, join=True, start_method="spawn")
     except Exception as exc:  # noqa: BLE001 - ProcessRaisedException and friends
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
         return [Check("rpc", False, f"TensorPipe could not start between two local processes ({first}); set "

@@ -30,7 +30,7 @@ from rescue_eval.io.progress import JobProgress
 from rescue_eval.io.report import write_report
 from rescue_eval.io.results import ResultWriter, load_records
 from rescue_eval.io.summary import environment, write_summary
-from rescue_eval.outdir import datamodule_of, evaluated_ids, notes_of, prepare_output, settings_of
+from rescue_eval.outdir import datamodule_of, dataset_entry, evaluated_ids, notes_of, prepare_output, settings_of
 
 log = logging.getLogger("rescue_eval")
 
@@ -154,7 +154,7 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
         for k, v in g["stages"].items():
             stages[k] = stages.get(k, 0.0) + v
     summary.update(
-        dataset={"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)},
+        dataset=dataset_entry(cfg, ids),
         mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=world, notes=notes_of(cfg),
         oracle_boxes=cfg.planner.backend == "gt_box",
         roles=merge_role_stats([g["roles"] for g in gathered]),

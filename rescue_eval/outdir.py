@@ -53,6 +53,11 @@ def evaluated_ids(cfg: Config, dataset) -> list[str]:
     return list(dataset.ids[:cfg.data.limit] if cfg.data.limit else dataset.ids)
 
 
+def dataset_entry(cfg: Config, ids: list[str]) -> dict:
+    """The summary's `dataset` section."""
+    return {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)}
+
+
 def notes_of(cfg: Config) -> list[str]:
     """What a reader of the scores must know about how they were made."""
     notes = []
@@ -94,8 +99,7 @@ def rebuild(out: Path) -> dict:
             metrics.update_record(records[sample_id])
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in ids if i in records)}
-    summary.setdefault("dataset", {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root,
-                                   "n_total": len(ids)})
+    summary.setdefault("dataset", dataset_entry(cfg, ids))
     summary.setdefault("mode", cfg.verifier.mode)
     summary.setdefault("siglip_scaling", cfg.verifier.siglip_scaling)
     summary.setdefault("notes", notes_of(cfg))

@@ -121,3 +121,18 @@ def box_mask(x1, y1, x2, y2, width=200, height=100) -> np.ndarray:
     mask = np.zeros((height, width), dtype=bool)
     mask[y1:y2, x1:x2] = True
     return mask
+
+
+def served_in_one_batch(role: str, backend, method: str, items: list) -> list:
+    """Each item submitted as its own request to a RoleServer around `backend`, merged by its
+    batcher into one backend call (asserted); the answer of each request."""
+    from rescue_eval.dist.serving import RoleServer
+
+    server = RoleServer(role, backend, max_wait_s=1.0)
+    try:
+        futures = [server.submit(method, [item]) for item in items]
+        answers = [f.result()[0] for f in futures]
+    finally:
+        server.close()
+    assert server.batches == 1 and server.requests == len(items)
+    return answers

@@ -13,7 +13,7 @@ from rescue_eval.models import tiny
 from rescue_eval.models.sam3_layout import load_tracker
 from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter, fill_holes
 from rescue_eval.core.types import SegmentItem
-from rescue_eval.dist.serving import RoleServer
+from tests.helpers import served_in_one_batch
 
 pytestmark = pytest.mark.unit
 
@@ -41,13 +41,7 @@ def test_a_role_server_batch_answers_as_separate_calls(segmenter):
     """Served as the executor, two samples merged into one batch get the masks each gets alone."""
     items = [SegmentItem(make_image(0), BOXES), SegmentItem(make_image(1), BOXES[:1])]
     alone = [segmenter.segment([item])[0] for item in items]
-    server = RoleServer("executor", segmenter, max_wait_s=1.0)
-    try:
-        futures = [server.submit("segment", [item]) for item in items]
-        merged = [f.result()[0] for f in futures]
-    finally:
-        server.close()
-    assert server.batches == 1 and server.requests == 2
+    merged = served_in_one_batch("executor", segmenter, "segment", items)
     for got, want in zip(merged, alone):
         assert all((a == b).mean() > 0.999 for a, b in zip(got, want))
 

@@ -10,7 +10,7 @@ from PIL import Image
 from rescue_eval.models import tiny
 from rescue_eval.models.siglip2 import NEUTRAL_GRAY, Siglip2Scorer, masked_crop
 from rescue_eval.core.types import ScoreItem
-from rescue_eval.dist.serving import RoleServer
+from tests.helpers import served_in_one_batch
 
 pytestmark = pytest.mark.unit
 
@@ -45,13 +45,7 @@ def test_a_role_server_batch_answers_as_separate_calls(scorer):
     items = [ScoreItem(make_image(0), [rect_mask(10, 10, 100, 80), rect_mask(0, 0, 0, 0)], "a red square"),
              ScoreItem(make_image(1), [rect_mask(50, 40, 200, 150)], "the blue circle on the left")]
     alone = [scorer.score([item])[0] for item in items]
-    server = RoleServer("scorer", scorer, max_wait_s=1.0)
-    try:
-        futures = [server.submit("score", [item]) for item in items]
-        merged = [f.result()[0] for f in futures]
-    finally:
-        server.close()
-    assert server.batches == 1 and server.requests == 2
+    merged = served_in_one_batch("scorer", scorer, "score", items)
     assert np.allclose(np.concatenate(merged), np.concatenate(alone), rtol=0, atol=1e-6)
     assert merged[0][1] == 0.0  # an empty mask scores 0
 

@@ -28,7 +28,7 @@ class RpcTransport:
         """RPC has no store argument: it rendezvous on a fresh port that rank 0 publishes
         through the process group's store (a fresh port per torchrun restart round)."""
         if rank == 0:
-            store.set("rpc_port", str(_free_port()))
+            store.set("rpc_port", str(free_port()))
         port = int(store.get("rpc_port"))
         # libuv sockets and the basic channel: TensorPipe's shared-memory transport and CMA channel
         # busy-poll, which on CPU ranks sharing cores cost 4x in throughput (benchmarks/RESULTS.md);
@@ -61,7 +61,7 @@ class RpcTransport:
             pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
