@@ -2,6 +2,7 @@
 crash and resume, restarts, placement mistakes."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,8 +81,10 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_pa
     proc = torchrun({**env, "RESCUE_EVAL_FAULT": "1:3"}, 2, out, *dedicated(2), timeout=300)
     assert proc.returncode != 0 and time.monotonic() - start < 240
     # torchrun names the rank that died; the surviving rank names what it hosted, whether torchrun
-    # stopped it first (roles by rank) or its own call to the dead rank failed first
-    assert "rank 1: executor" in proc.stderr or "executor on rank 1 did not answer" in proc.stderr
+    # stopped it first (roles by rank) or its own call to the dead rank failed first (to either role
+    # rank 1 hosts, whichever stage a sample in flight had reached)
+    assert "rank 1: executor, judge" in proc.stderr or re.search(r"(executor|judge) on rank 1 did not answer",
+                                                                  proc.stderr), proc.stderr[-3000:]
     assert "rerun the same command to resume" in proc.stderr.lower()
     written = records(out)
     assert 3 <= len(written) < 16  # what was written before the crash is kept
