@@ -13,8 +13,17 @@ DATASETS = Registry("dataset", "data.name")
 DATASETS.register("demo", "rescue_eval.datamodules.demo:DemoDataModule")
 DATASETS.register("reasonseg", "rescue_eval.datamodules.reasonseg:ReasonSegDataModule")
 DATASETS.register("reasonseg_parquet", "rescue_eval.datamodules.reasonseg_parquet:ReasonSegParquetDataModule")
+DATASETS.register("refcoco", "rescue_eval.datamodules.refcoco:RefCocoDataModule")
+DATASETS.register("refcoco+", "rescue_eval.datamodules.refcoco:RefCocoPlusDataModule")
+DATASETS.register("refcocog", "rescue_eval.datamodules.refcoco:RefCocogDataModule")
+
+# The refer datasets' partitions (data.split_by), the usual one first; here rather than in
+# refcoco.py so that checking a config imports no data library.
+SPLIT_BY = {"refcoco": ("unc",), "refcoco+": ("unc",), "refcocog": ("umd", "google")}
 
 
 def build_datamodule(name: str, **kwargs):
-    """The data module registered under `name`, built with `kwargs` (root, split, fraction, ...)."""
-    return DATASETS.get(name)(**kwargs)
+    """The data module registered under `name`, built with `kwargs` (root, split, fraction, ...);
+    `split_by` goes to the refer datasets only."""
+    split_by = kwargs.pop("split_by", None)
+    return DATASETS.get(name)(**kwargs, **({"split_by": split_by} if name in SPLIT_BY else {}))

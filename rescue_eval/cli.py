@@ -29,13 +29,24 @@ commands:
 def cmd_run(argv: list[str]) -> int:
     from rescue_eval import config, job
     from rescue_eval.dist import launch
+    from rescue_eval.suite import load_suite
 
     if any(a in ("-h", "--help") for a in argv):
         config.parser().print_help()
         return 0
+    suite_arg = argparse.ArgumentParser(add_help=False)
+    suite_arg.add_argument("--suite")
+    known, argv = suite_arg.parse_known_args(argv)
     cfg, out = config.parse(argv)
-    summary = job.run(cfg, out)
+    suite = load_suite(known.suite, cfg, out) if known.suite else None
+    summary = job.run(cfg, out, suite)
     if launch.detect().rank != 0:  # rank 0 speaks for the job
+        return 0
+    if suite:
+        for row in summary["splits"]:
+            print(json.dumps({k: row[k] for k in ("dataset", "split", "giou", "ciou", "oracle_iou", "n_samples",
+                                                  "n_failed")}))
+        print(f"wrote {out}/suite.json and {out}/suite.md")
         return 0
     print(json.dumps({k: summary[k] for k in ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures")}))
     print(f"wrote {out}/summary.json and {out}/report.md")
@@ -48,6 +59,12 @@ def cmd_report(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rescue-eval report", description=cmd_report.__doc__)
     p.add_argument("output", type=Path)
     args = p.parse_args(argv)
+    if (args.output / "suite.json").exists():
+        from rescue_eval.suite import rebuild_suite
+
+        rebuild_suite(args.output)
+        print(f"wrote {args.output}/suite.json and {args.output}/suite.md, and each split's report")
+        return 0
     outdir.rebuild(args.output)
     print(f"wrote {args.output}/summary.json and {args.output}/report.md")
     return 0
@@ -88,17 +105,36 @@ def cmd_segment(argv: list[str]) -> int:
 
 def cmd_download(argv: list[str]) -> int:
     from rescue_eval import config
+    from rescue_eval.datamodules import SPLIT_BY
     from rescue_eval.models.download import download
 
     p = argparse.ArgumentParser(prog="rescue-eval download",
                                 description="Fetch the checkpoints a config names into the Hugging Face cache "
                                             "(default: the original RESCue models of configs/reasonseg_8gpu.yaml).")
     p.add_argument("--config", default=str(config.shipped_config("reasonseg_8gpu.yaml")))
+    p.add_argument("--data", choices=sorted(SPLIT_BY), help="instead of checkpoints: where this dataset's files "
+                   "come from, and with --root, a check of the layout in place")
+    p.add_argument("--root", help="with --data: the folder that holds (or will hold) refer_seg/")
     args = p.parse_args(argv)
+    if args.data:
+        return check_data(args.data, args.root)
     cfg, _ = config.parse(["--config", args.config, "--output", "unused", "--data.root", "unused"])
     for repo_id, path in download(config.role_sections(cfg)).items():
         print(f"{repo_id}: {path}")
     return 0
+
+
+def check_data(name: str, root: str | None) -> int:
+    """Where a refer dataset's parts come from; with a root, what of its layout is in place."""
+    from rescue_eval.datamodules.refcoco import SOURCES, check_layout
+
+    print(f"{name}: {SOURCES['refs'].format(name=name)}")
+    print(f"{name}: {SOURCES['images']}")
+    if root is None:
+        return 0
+    lines, complete = check_layout(root, name)
+    print("\n".join(lines))
+    return 0 if complete else 1
 
 
 def cmd_serve(argv: list[str]) -> int:

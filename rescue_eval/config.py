@@ -18,7 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.protocols import ROLE_NAMES
 from rescue_eval.core.selection import VerifierSettings, strategy
-from rescue_eval.datamodules import DATASETS
+from rescue_eval.datamodules import DATASETS, SPLIT_BY
 from rescue_eval.dist.placement import PlacementConfig
 from rescue_eval.dist.transport import DistConfig
 from rescue_eval.io.tracking import WandbConfig
@@ -62,6 +62,7 @@ class DataConfig:
     fraction: float = 1.0  # a deterministic subset of this share of the split
     fraction_seed: int = 0
     limit: Optional[int] = None  # only the first N samples, in dataset order (after fraction)
+    split_by: Optional[str] = None  # refer datasets: unc (refcoco, refcoco+), umd (default) or google (refcocog)
 
 
 @dataclass
@@ -153,6 +154,9 @@ def parser(prog: str = "rescue-eval run") -> ArgumentParser:
     p.add_argument("--config", action=ActionConfigFile,
                    help="YAML run configuration; without one, the defaults are configs/demo.yaml")
     p.add_argument("--output", required=True, help="output directory (an existing one is resumed)")
+    if prog == "rescue-eval run":
+        p.add_argument("--suite", help="a suite file (configs/suite_lisa.yaml): evaluate each of its splits into "
+                                       "OUTPUT/<dataset>-<split>/ with the models loaded once")
     p.add_class_arguments(Config, None)
     return p
 
@@ -202,6 +206,10 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"planner.max_n is {cfg.planner.max_n}; give at least 1 hypothesis per sample.")
     if cfg.run.parallel_requests < 1:
         raise UsageError("run.parallel_requests must be at least 1.")
+    if cfg.data.split_by and cfg.data.split_by not in SPLIT_BY.get(cfg.data.name, ()):
+        raise UsageError(f"data.split_by {cfg.data.split_by!r} does not apply to {cfg.data.name}; "
+                         + (f"use one of {list(SPLIT_BY[cfg.data.name])}." if cfg.data.name in SPLIT_BY
+                            else "leave it out (only the refcoco datasets have one)."))
     if cfg.data.name != "demo" and not cfg.data.root:
         raise UsageError(f"data.name is {cfg.data.name!r} but data.root is empty; pass --data.root PATH.")
     w = cfg.verifier

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.distributed as dist
@@ -31,12 +32,15 @@ from rescue_eval.io.report import write_report
 from rescue_eval.io.results import ResultWriter, load_records
 from rescue_eval.io.summary import environment, write_summary
 from rescue_eval.outdir import datamodule_of, dataset_entry, evaluated_ids, notes_of, prepare_output, settings_of
+from rescue_eval.suite import write_suite
 
 log = logging.getLogger("rescue_eval")
 
 
-def run(cfg: Config, out: Path) -> dict:
-    """The job on this rank. Under torchrun or srun every rank calls this with the same config."""
+def run(cfg: Config, out: Path, suite: list[tuple[Config, Path]] | None = None) -> dict:
+    """The job on this rank. Under torchrun or srun every rank calls this with the same config.
+    `suite`: several splits (each its config and output directory) evaluated by one job with
+    the models of `cfg`, which then returns the suite's summary (`rescue_eval.suite`)."""
     me = launch.detect()
     roles_mod.validate(cfg, me.world, me.rank, me.local_rank)
     # role calls between ranks only when some role lives on some ranks: colocated layouts need
@@ -49,7 +53,7 @@ def run(cfg: Config, out: Path) -> dict:
         transport.start(store, me.rank, me.world, cfg.dist)
         explain_termination(cfg, me.rank, me.world)
     try:
-        summary = _run_rank(cfg, Path(out), me, servers, transport)
+        summary = _run_rank(cfg, Path(out), me, servers, transport, suite)
     except BaseException:
         transport.abort()  # no graceful goodbye: the launcher stops the other ranks
         raise
@@ -98,22 +102,43 @@ def on_rank0_first(step, rank: int, world: int) -> None:
         raise UsageError(error)
 
 
-def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transport) -> dict:
-    rank, world = me.rank, me.world
+@dataclass(eq=False)  # hashed by identity: a rank keeps one per split
+class SplitRun:
+    """One split of the job: its config and output directory, and what this rank does of it."""
+
+    cfg: Config
+    out: Path
+    dataset: object
+    ids: list[str]
+    settings: SearchSettings
+    metrics: SplitMetrics
+    finished: dict  # id -> record, every rank's
+    writer: ResultWriter | None = None
+    stages: dict = field(default_factory=dict)  # summed seconds per stage, this rank's new samples
+    new: int = 0
+
+
+def open_split(cfg: Config, out: Path, rank: int, world: int) -> SplitRun:
     dm = datamodule_of(cfg)
     on_rank0_first(lambda: prepare(out, cfg, dm), rank, world)
     dm.setup("predict")
-    dataset = dm.dataset
-    ids = evaluated_ids(cfg, dataset)
     settings = settings_of(cfg)
-    metrics = SplitMetrics(settings.sweep, dataset.subsets)
+    return SplitRun(cfg, out, dm.dataset, evaluated_ids(cfg, dm.dataset), settings,
+                    SplitMetrics(settings.sweep, dm.dataset.subsets), load_records(out))
 
-    shard = list(range(rank, len(ids), world))  # strided: no padding, no duplicates
-    finished = load_records(out)
-    todo = [i for i in shard if ids[i] not in finished]
-    for i in shard:
-        if ids[i] in finished:
-            metrics.update_record(finished[ids[i]])
+
+def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transport, suite: list | None) -> dict:
+    rank, world = me.rank, me.world
+    splits = [open_split(c, o, rank, world) for c, o in (suite or [(cfg, out)])]
+    # one strided shard over every split in turn: no padding, no duplicates, and no rank idles at
+    # the end of a split while others finish it
+    shard = [(s, i) for s in splits for i in range(len(s.ids))][rank::world]
+    todo = []
+    for split, i in shard:
+        if split.ids[i] in split.finished:
+            split.metrics.update_record(split.finished[split.ids[i]])
+        else:
+            todo.append((split, i))
     log.info("rank %d/%d: %d samples in its shard, %d already done", rank, world, len(shard), len(shard) - len(todo))
 
     servers.update(roles_mod.start_servers(cfg, rank, world, me.local_rank))
@@ -122,81 +147,93 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
         transport.serve(server)
     if world > 1:
         dist.barrier()  # every role is served before anyone calls it
-    tracker = None
-    if cfg.wandb.enabled:
-        from rescue_eval.io.tracking import tracker_for
-
-        tracker = tracker_for(out, config_mod.to_dict(cfg), cfg.wandb, rank)
     start = time.perf_counter()
-    progress = JobProgress(out, rank, world, total=len(ids), done=sum(i in finished for i in ids),
-                           enabled=cfg.run.progress)
+    progress = JobProgress([s.out for s in splits], rank, world, total=sum(len(s.ids) for s in splits),
+                           done=sum(i in s.finished for s in splits for i in s.ids), enabled=cfg.run.progress)
     fault = FaultInjection.from_env(out, rank)
     # Models, libraries and the dataset index outlive the loop: keep the cyclic collector from
     # walking them while it runs (a full collection walks ~0.5M objects: 150 ms on 2 cores)
     gc.freeze()
     try:
         try:
-            stage_totals = drive(todo, dataset, roles, settings, ResultWriter(out, rank), metrics, finished,
-                                 cfg.run.parallel_requests, progress, fault, cfg.run.strict)
+            drive(todo, roles, rank, cfg.run.parallel_requests, progress, fault, cfg.run.strict)
         finally:
             gc.unfreeze()
-        summary = metrics.compute()  # syncs the metric states of all ranks: waits for the slowest
-        mine = {"roles": {name: s.stats() for name, s in servers.items()}, "new": len(todo), "stages": stage_totals}
+        summaries = [s.metrics.compute() for s in splits]  # syncs every rank's metric states: waits for the slowest
+        mine = {"roles": {name: s.stats() for name, s in servers.items()},
+                "splits": [{"new": s.new, "stages": s.stages} for s in splits]}
         gathered = launch.gather(mine, world)
     finally:
         progress.close()  # after every rank is done, so the job's bar ends at the total
     wall = time.perf_counter() - start
     if rank != 0:
-        return summary
-    new = sum(g["new"] for g in gathered)
+        return summaries[0]
+    role_stats = merge_role_stats([g["roles"] for g in gathered])
+    for k, (split, summary) in enumerate(zip(splits, summaries)):
+        finish_split(split, summary, [g["splits"][k] for g in gathered], role_stats, wall)
+    if suite:
+        return write_suite(out, [(s.cfg, s.out, summary) for s, summary in zip(splits, summaries)])
+    return summaries[0]
+
+
+def finish_split(split: SplitRun, summary: dict, per_rank: list[dict], role_stats: dict, wall: float) -> None:
+    """Rank 0: the split's summary.json, report and W&B run, from every rank's records. In a suite
+    the wall time and the role statistics are the whole job's."""
+    cfg, ids = split.cfg, split.ids
+    new = sum(g["new"] for g in per_rank)
     stages: dict[str, float] = {}
-    for g in gathered:
+    for g in per_rank:
         for k, v in g["stages"].items():
             stages[k] = stages.get(k, 0.0) + v
     summary.update(
-        dataset=dataset_entry(cfg, ids),
-        mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=world, notes=notes_of(cfg),
-        oracle_boxes=cfg.planner.backend == "gt_box",
-        roles=merge_role_stats([g["roles"] for g in gathered]),
+        dataset=dataset_entry(cfg, ids, split.dataset),
+        mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=len(per_rank),
+        notes=notes_of(cfg), oracle_boxes=cfg.planner.backend == "gt_box", roles=role_stats,
         timing={"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
                 "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}},
         environment=environment(),
     )
-    records = load_records(out)  # every rank's records
+    records = load_records(split.out)  # every rank's records
     summary.update(record_counts(records[i] for i in ids if i in records))
-    write_summary(out, summary)
-    write_report(out, summary, records, dataset, cfg.run.overlays)
-    if tracker is not None:
-        tracker.log_results(summary, records, dataset, cfg.wandb.table_samples)
+    write_summary(split.out, summary)
+    write_report(split.out, summary, records, split.dataset, cfg.run.overlays)
+    if cfg.wandb.enabled:
+        from rescue_eval.io.tracking import tracker_for
+
+        tracker = tracker_for(split.out, config_mod.to_dict(cfg), cfg.wandb, 0)
+        tracker.log_results(summary, records, split.dataset, cfg.wandb.table_samples)
         tracker.finish()
-    return summary
 
 
-def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: ResultWriter, metrics: SplitMetrics,
-          finished: dict, parallel_requests: int, progress: JobProgress, fault: "FaultInjection",
-          strict: bool = False) -> dict:
-    """Search this rank's samples with up to `parallel_requests` in flight; write each record as
-    it finishes. Returns the summed per-stage seconds. `strict`: the first bad input stops the
-    job (its record is not written, so a rerun after the fix evaluates it)."""
-    stage_totals: dict[str, float] = {}
+def drive(todo: list[tuple[SplitRun, int]], roles, rank: int, parallel_requests: int, progress: JobProgress,
+          fault: "FaultInjection", strict: bool = False) -> None:
+    """Search this rank's samples (split, index) with up to `parallel_requests` in flight; write
+    each record to its split as it finishes. `strict`: the first bad input stops the job (its
+    record is not written, so a rerun after the fix evaluates it)."""
 
-    def one(index: int) -> dict:
-        return search_sample(dataset[index], roles, settings)
+    def one(item: tuple[SplitRun, int]) -> tuple[SplitRun, dict]:
+        split, index = item
+        return split, search_sample(split.dataset[index], roles, split.settings)
 
+    writers = []
     try:
+        for split in dict.fromkeys(split for split, _ in todo):
+            split.writer = ResultWriter(split.out, rank)
+            writers.append(split.writer)
         with ThreadPoolExecutor(max_workers=parallel_requests, thread_name_prefix="sample") as pool:
-            futures = [pool.submit(one, i) for i in todo]
+            futures = [pool.submit(one, item) for item in todo]
             try:
                 for done, future in enumerate(as_completed(futures), start=1):
-                    rec = future.result()
+                    split, rec = future.result()
                     if strict and rec["failure"] == "bad_input":
                         raise UsageError(f"run.strict: sample {rec['id']} is bad input ({rec['error']}); fix or "
                                          f"remove it, or run without --run.strict to score it as a failure.")
-                    writer.append(rec)
-                    finished[rec["id"]] = rec
-                    metrics.update_record(rec)
-                    for stage, s in rec["timing"].items():
-                        stage_totals[stage] = stage_totals.get(stage, 0.0) + s
+                    split.writer.append(rec)
+                    split.finished[rec["id"]] = rec
+                    split.metrics.update_record(rec)
+                    split.new += 1
+                    for stage, seconds in rec["timing"].items():
+                        split.stages[stage] = split.stages.get(stage, 0.0) + seconds
                     progress.advance(rec["iou"])
                     fault.after_sample(done)
             except BaseException:
@@ -204,8 +241,8 @@ def drive(todo: list[int], dataset, roles, settings: SearchSettings, writer: Res
                     f.cancel()  # a fatal error: stop taking new samples
                 raise
     finally:
-        writer.close()
-    return stage_totals
+        for writer in writers:
+            writer.close()
 
 
 class FaultInjection:

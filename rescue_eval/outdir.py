@@ -45,7 +45,8 @@ def datamodule_of(cfg: Config):
     from rescue_eval.datamodules import build_datamodule
 
     d = cfg.data
-    return build_datamodule(d.name, root=d.root, split=d.split, fraction=d.fraction, fraction_seed=d.fraction_seed)
+    return build_datamodule(d.name, root=d.root, split=d.split, fraction=d.fraction, fraction_seed=d.fraction_seed,
+                            split_by=d.split_by)
 
 
 def evaluated_ids(cfg: Config, dataset) -> list[str]:
@@ -53,9 +54,10 @@ def evaluated_ids(cfg: Config, dataset) -> list[str]:
     return list(dataset.ids[:cfg.data.limit] if cfg.data.limit else dataset.ids)
 
 
-def dataset_entry(cfg: Config, ids: list[str]) -> dict:
-    """The summary's `dataset` section."""
-    return {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids)}
+def dataset_entry(cfg: Config, ids: list[str], dataset) -> dict:
+    """The summary's `dataset` section; `headline` is the metric the dataset's papers lead with."""
+    return {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root, "n_total": len(ids),
+            "headline": getattr(dataset, "headline", "giou")}
 
 
 def notes_of(cfg: Config) -> list[str]:
@@ -99,7 +101,7 @@ def rebuild(out: Path) -> dict:
             metrics.update_record(records[sample_id])
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in ids if i in records)}
-    summary.setdefault("dataset", dataset_entry(cfg, ids))
+    summary.setdefault("dataset", dataset_entry(cfg, ids, dataset))
     summary.setdefault("mode", cfg.verifier.mode)
     summary.setdefault("siglip_scaling", cfg.verifier.siglip_scaling)
     summary.setdefault("notes", notes_of(cfg))

@@ -178,6 +178,7 @@ def store_hypotheses(w: _Work, hs: list[Hypothesis], settings: SearchSettings) -
 def new_record(sample: Sample, oracle_boxes: bool = False) -> dict:
     return {"oracle_boxes": oracle_boxes, "warnings": list(sample.meta.get("warnings", [])),
         "id": sample.id, "query": sample.query, "subset": sample.subset,
+        "source": dict(sample.meta.get("source", {})),  # the dataset's own keys for the row (RefCOCO: ref_id, ...)
         "failure": None, "error": None, "image_size": None,
         "hypotheses": [], "candidates": [], "judge": [], "sweep": {},
         "timing": {}, "vlm": {"judge_calls": 0, "judge_unusable": 0},

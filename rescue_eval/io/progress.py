@@ -15,7 +15,7 @@ from rescue_eval.io.results import results_dir
 
 
 class JobProgress:
-    def __init__(self, out: Path, rank: int, world: int, total: int, done: int, enabled: bool):
+    def __init__(self, outs: list[Path], rank: int, world: int, total: int, done: int, enabled: bool):
         self.iou_sum, self.new, self.bar = 0.0, 0, None
         if rank != 0:
             return
@@ -24,7 +24,7 @@ class JobProgress:
                         dynamic_ncols=True, mininterval=0.5)
         # other ranks' files, read from their current end: what is already there counts in `done`
         self._others = {path: path.stat().st_size if path.exists() else 0
-                        for path in (results_dir(out) / f"rank-{r}.jsonl" for r in range(1, world))}
+                        for path in (results_dir(out) / f"rank-{r}.jsonl" for out in outs for r in range(1, world))}
         if self._others:
             threading.Thread(target=self._poll, daemon=True, name="progress").start()
 

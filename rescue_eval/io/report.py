@@ -28,6 +28,14 @@ def selection_policy(siglip_scaling: str) -> str:
             "duplicate keeps its vote for the box it repeats. Selection never sees the ground truth.")
 
 
+LABELS = {"giou": "gIoU", "ciou": "cIoU"}
+
+
+def metric_order(dataset_entry: dict) -> tuple[str, str]:
+    """The dataset's headline metric first: cIoU for RefCOCO (the papers' table), else gIoU."""
+    return ("ciou", "giou") if dataset_entry.get("headline") == "ciou" else ("giou", "ciou")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -46,13 +54,14 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
               f"- mode: {summary.get('mode', '?')}, max N: {max(map(int, summary['per_n']))}"]
     for note in summary.get("notes", []):
         lines.append(f"- **note:** {note}")
+    first, second = metric_order(ds)
     lines += ["", "| metric | value |", "|---|---|",
-              f"| gIoU | {_pct(summary['giou'])} |", f"| cIoU | {_pct(summary['ciou'])} |",
+              f"| {LABELS[first]} (headline) | {_pct(summary[first])} |", f"| {LABELS[second]} | {_pct(summary[second])} |",
               f"| oracle IoU | {_pct(summary['oracle_iou'])} |", ""]
     lines += ["## Scores against N (selection among the first N hypotheses)", "",
-              "| N | gIoU | cIoU | oracle IoU | judge calls |", "|---|---|---|---|---|"]
+              f"| N | {LABELS[first]} | {LABELS[second]} | oracle IoU | judge calls |", "|---|---|---|---|---|"]
     for n, row in sorted(summary["per_n"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {n} | {_pct(row['giou'])} | {_pct(row['ciou'])} | {_pct(row['oracle_iou'])} | "
+        lines.append(f"| {n} | {_pct(row[first])} | {_pct(row[second])} | {_pct(row['oracle_iou'])} | "
                      f"{row['judge_calls']} |")
     if plot is not None:
         lines += ["", f"![IoU against N]({plot.relative_to(plot.parent.parent).as_posix()})"]
