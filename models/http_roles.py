@@ -48,7 +48,12 @@ EXIF_ORIENTATION = 0x0112
 
 class RemoteRoleError(RuntimeError):
     """A remote server did not give a usable answer; the message names the server (without
-    credentials), what failed and after how many attempts. The harness fails that sample only."""
+    credentials), what failed and after how many attempts. The harness fails that sample only;
+    `transient` (unreachable, timed out, 429 or 5xx) means the next run retries it."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def without_credentials(url: str) -> str:
@@ -74,9 +79,9 @@ class RemoteServer:
     def wait_before_retry(self, attempt: int) -> None:
         time.sleep(random.uniform(0, min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1))))
 
-    def failure(self, failure: str, attempts: int) -> RemoteRoleError:
+    def failure(self, failure: str, attempts: int, transient: bool = False) -> RemoteRoleError:
         message = f"{self.name} server {self.where}: {failure} (after {attempts} attempt(s))"
-        return RemoteRoleError(message.replace(self._secret, "<redacted>") if self._secret else message)
+        return RemoteRoleError(message.replace(self._secret, "<redacted>") if self._secret else message, transient)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -102,6 +107,7 @@ class JsonClient(RemoteServer):
 
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
+            transient = True  # unless the server answered, but unusably
             try:
                 response = self._http.post(self.url, json=body)
             except httpx.TimeoutException:
@@ -120,10 +126,10 @@ class JsonClient(RemoteServer):
                     try:
                         return read(response.json())
                     except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        failure = f"malformed answer ({type(exc).__name__}: {exc})"
+                        failure, transient = f"malformed answer ({type(exc).__name__}: {exc})", False
             if attempt < attempts:
                 self.wait_before_retry(attempt)
-        raise self.failure(failure, attempts)
+        raise self.failure(failure, attempts, transient)
 
     def close(self) -> None:
         super().close()

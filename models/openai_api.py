@@ -120,16 +120,17 @@ class ChatServer(RemoteServer):
         try:
             return self.client.chat.completions.create(**request)
         except openai.APITimeoutError:
-            failure, attempts = f"no answer within timeout_s={self.timeout_s}", self.retries + 1
+            failure, attempts, transient = f"no answer within timeout_s={self.timeout_s}", self.retries + 1, True
         except openai.APIConnectionError as exc:
             failure, attempts = f"connection failed ({type(exc.__cause__ or exc).__name__})", self.retries + 1
+            transient = True
         except openai.APIStatusError as exc:
-            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            transient = exc.status_code in (408, 409, 429) or exc.status_code >= 500  # the client retried these
             failure = f"HTTP {exc.status_code}: {exc.response.text[:300]}"
-            attempts = self.retries + 1 if retried else 1
+            attempts = self.retries + 1 if transient else 1
         except openai.APIResponseValidationError as exc:
-            failure, attempts = f"malformed answer ({exc})", 1
-        raise self.failure(failure, attempts)
+            failure, attempts, transient = f"malformed answer ({exc})", 1, False
+        raise self.failure(failure, attempts, transient)
 
     def close(self) -> None:
         super().close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ commands:
 def cmd_run(argv: list[str]) -> int:
     from rescue_eval import config, job
     from rescue_eval.dist import launch
+    from rescue_eval.failures import failure_line
     from rescue_eval.suite import load_suite
 
     if any(a in ("-h", "--help") for a in argv):
@@ -49,6 +51,7 @@ def cmd_run(argv: list[str]) -> int:
         print(f"wrote {out}/suite.json and {out}/suite.md")
         return 0
     print(json.dumps({k: summary[k] for k in ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures")}))
+    print(failure_line(summary))
     print(f"wrote {out}/summary.json and {out}/report.md")
     return 0
 
@@ -58,6 +61,7 @@ def cmd_report(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="rescue-eval report", description=cmd_report.__doc__)
     p.add_argument("output", type=Path)
+    p.add_argument("--data.root", dest="data_root", help="where the dataset is now, if it moved since the run")
     args = p.parse_args(argv)
     if (args.output / "suite.json").exists():
         from rescue_eval.suite import rebuild_suite
@@ -65,7 +69,7 @@ def cmd_report(argv: list[str]) -> int:
         rebuild_suite(args.output)
         print(f"wrote {args.output}/suite.json and {args.output}/suite.md, and each split's report")
         return 0
-    outdir.rebuild(args.output)
+    outdir.rebuild(args.output, args.data_root)
     print(f"wrote {args.output}/summary.json and {args.output}/report.md")
     return 0
 
@@ -208,3 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except FatalError as exc:  # the job cannot go on (a rank gone, a disk full); results so far are kept
         print(f"rescue-eval: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("rescue-eval: interrupted; every finished sample is kept: rerun the same command to resume.",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # now: samples in flight would hold the exit until their model calls return

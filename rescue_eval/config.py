@@ -50,7 +50,8 @@ LEGACY_FLAGS = {  # original RESCue option -> dotted key
 # Keys that change how a run goes but not its results: a resumed run may change them freely
 # (placement included: results do not depend on the world size or the layout).
 RESUME_FREE_KEYS = {"run.force", "run.progress", "run.overlays", "run.parallel_requests", "run.max_wait_ms",
-                    "run.strict", "data.limit"}
+                    "run.strict", "data.limit", "run.retry_failed", "run.transient_stop_share",
+                    "run.transient_stop_window"}
 RESUME_FREE_SECTIONS = {"placement", "dist", "wandb"}
 
 
@@ -132,6 +133,12 @@ class RunConfig:
     progress: bool = True
     force: bool = False  # resume into an output directory made with a different config
     strict: bool = False  # stop at the first bad input sample instead of scoring it as a failure
+    # which failed samples a rerun evaluates again (the old records move to results/attempts.jsonl):
+    # transient = those that may pass by themselves (a service down, a timeout, out of memory)
+    retry_failed: Literal["transient", "all", "none"] = "transient"
+    # stop the job when one transient reason fails more than this share of a rank's first samples
+    transient_stop_share: float = 0.2
+    transient_stop_window: int = 50
 
 
 @dataclass

@@ -29,7 +29,8 @@ from rescue_eval.dist.placement import dedicated, layout, merge_role_stats
 from rescue_eval.dist.transport import make_transport
 from rescue_eval.io.progress import JobProgress
 from rescue_eval.io.report import write_report
-from rescue_eval.io.results import ResultWriter, load_records
+from rescue_eval.failures import TransientStop, retry_selector
+from rescue_eval.io.results import ResultWriter, load_records, set_aside
 from rescue_eval.io.summary import environment, write_summary
 from rescue_eval.outdir import datamodule_of, dataset_entry, evaluated_ids, notes_of, prepare_output, settings_of
 from rescue_eval.suite import write_suite
@@ -84,6 +85,11 @@ def prepare(out: Path, cfg: Config, dm) -> None:
     config names and the data module's files (built or checked once, here, rather than by every
     rank at the same time)."""
     prepare_output(out, cfg)
+    moved = set_aside(out, retry_selector(cfg.run.retry_failed))
+    if moved:
+        log.info("%s: evaluating %d failed sample(s) again (%s; run.retry_failed %s); their records are kept in "
+                 "results/attempts.jsonl", out, sum(moved.values()), ", ".join(f"{k} {v}" for k, v in moved.items()),
+                 cfg.run.retry_failed)
     roles_mod.prepare_checkpoints(cfg)
     dm.prepare_data()
 
@@ -156,7 +162,8 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
     gc.freeze()
     try:
         try:
-            drive(todo, roles, rank, cfg.run.parallel_requests, progress, fault, cfg.run.strict)
+            stop = TransientStop(cfg.run.transient_stop_share, cfg.run.transient_stop_window, len(todo))
+            drive(todo, roles, rank, cfg.run.parallel_requests, progress, fault, stop, cfg.run.strict)
         finally:
             gc.unfreeze()
         summaries = [s.metrics.compute() for s in splits]  # syncs every rank's metric states: waits for the slowest
@@ -206,7 +213,7 @@ def finish_split(split: SplitRun, summary: dict, per_rank: list[dict], role_stat
 
 
 def drive(todo: list[tuple[SplitRun, int]], roles, rank: int, parallel_requests: int, progress: JobProgress,
-          fault: "FaultInjection", strict: bool = False) -> None:
+          fault: "FaultInjection", stop: TransientStop, strict: bool = False) -> None:
     """Search this rank's samples (split, index) with up to `parallel_requests` in flight; write
     each record to its split as it finishes. `strict`: the first bad input stops the job (its
     record is not written, so a rerun after the fix evaluates it)."""
@@ -236,6 +243,7 @@ def drive(todo: list[tuple[SplitRun, int]], roles, rank: int, parallel_requests:
                         split.stages[stage] = split.stages.get(stage, 0.0) + seconds
                     progress.advance(rec["iou"])
                     fault.after_sample(done)
+                    stop.check(rec)
             except BaseException:
                 for f in futures:
                     f.cancel()  # a fatal error: stop taking new samples

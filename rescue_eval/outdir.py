@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -18,9 +19,10 @@ from rescue_eval.io.summary import environment, write_summary
 
 
 def prepare_output(out: Path, cfg: Config) -> None:
-    """Create OUT and its config.yaml, or check that an existing OUT was made by the same config."""
+    """Create OUT and its config.yaml, or check that an existing OUT with results was made by the
+    same config (one without a result, e.g. left by a failed start, takes the new config)."""
     path = out / "config.yaml"
-    if path.exists():
+    if path.exists() and load_records(out):
         previous = yaml.safe_load(path.read_text(encoding="utf-8"))
         diff = config_mod.result_affecting_diff(previous, config_mod.to_dict(cfg))
         if diff and not cfg.run.force:
@@ -80,8 +82,9 @@ def notes_of(cfg: Config) -> list[str]:
     return notes
 
 
-def rebuild(out: Path) -> dict:
-    """Recompute summary.json from the JSONL records and regenerate the report files.
+def rebuild(out: Path, data_root: str | None = None) -> dict:
+    """Recompute summary.json from the JSONL records and regenerate the report files; `data_root`
+    is where the dataset is now, when it moved since the run.
 
     Scores come from the records alone; the run's timing, roles and environment are kept from
     the previous summary when there is one."""
@@ -89,6 +92,8 @@ def rebuild(out: Path) -> dict:
     if not (out / "config.yaml").exists():
         raise UsageError(f"{out} has no config.yaml; give the output directory of a `rescue-eval run`.")
     cfg = config_mod.load_yaml(out / "config.yaml")
+    if data_root:
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     dm = datamodule_of(cfg)
     dm.prepare_data()
     dm.setup("predict")

@@ -3,9 +3,11 @@ every role (its own server when it hosts one, else the transport to a rank that 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from rescue_eval.config import Config, needed_roles, role_sections
 from rescue_eval.core.devices import check_device
+from rescue_eval.core.errors import UsageError
 from rescue_eval.core.search import Roles
 from rescue_eval.dist.placement import hosts_of, local_device, validate_placement
 from rescue_eval.dist.serving import LocalRole, RoleServer
@@ -28,7 +30,21 @@ def prepare_checkpoints(cfg: Config) -> None:
 
     for role, section in role_sections(cfg).items():
         if "checkpoint" in adapter_keys(role, section.backend):
+            check_local_checkpoint(section.checkpoint, f"{role}.checkpoint")
             resolve_checkpoint(section.checkpoint)
+
+
+def check_local_checkpoint(spec: str, key: str) -> None:
+    """A checkpoint given as a path must be a folder that `save_pretrained` wrote; anything else
+    that cannot be a hub id (namespace/name) is a path that does not exist."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{key} {spec} is not a checkpoint folder (it has no config.json): give the folder "
+                             f"that save_pretrained wrote, or a hub id.")
+    elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise UsageError(f"{key} {spec} does not exist: give a local checkpoint folder or a hub id "
+                         f"(namespace/name), and fetch it first with `rescue-eval download`.")
 
 
 def start_servers(cfg: Config, rank: int, world: int, local_rank: int) -> dict[str, RoleServer]:

@@ -45,7 +45,7 @@ def test_keys_in_the_environment_never_reach_an_output_file(tmp_path):
             assert key.encode() not in data, f"{name} found in {path}"
 
 
-def test_an_unreachable_planner_server_fails_each_sample_and_the_run_goes_on(tmp_path):
+def test_an_unreachable_planner_server_stops_the_run_or_fails_each_sample_as_transient(tmp_path):
     import json
     import socket
 
@@ -53,13 +53,19 @@ def test_an_unreachable_planner_server_fails_each_sample_and_the_run_goes_on(tmp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}
-    out = tmp_path / "out"
-    cli(env, "run", "--output", str(out), "--max_n", "2", "--fraction", "0.25", "--mode", "heuristic",
-        "--planner.backend", "openai", "--planner.url", f"http://127.0.0.1:{port}/v1", "--planner.retries", "1",
-        "--planner.timeout_s", "2", "--run.progress", "false", "--wandb.enabled", "false")
+    args = ["--max_n", "2", "--fraction", "0.25", "--mode", "heuristic", "--planner.backend", "openai",
+            "--planner.url", f"http://127.0.0.1:{port}/v1", "--planner.retries", "1", "--planner.timeout_s", "2",
+            "--run.progress", "false", "--wandb.enabled", "false"]
+    stopped = cli(env, "run", "--output", str(tmp_path / "stopped"), *args, check=False)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert f"planner server http://127.0.0.1:{port}/v1/chat/completions: connection failed" in stopped.stderr
+    out = tmp_path / "out"  # told to go on, the run scores every sample as failed, each marked for a retry
+    done = cli(env, "run", "--output", str(out), *args, "--run.transient_stop_share", "1")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_samples"] == 4 and summary["failures"] == {"planner_error": 4}
-    assert all(f"127.0.0.1:{port}" in r["error"] for r in records(out))
+    assert summary["transient_failures"] == {"planner_error": 4}
+    assert "failures: planner_error 4 (4 transient: the next run retries them)" in done.stdout
+    assert all(f"127.0.0.1:{port}" in r["error"] and r["transient"] for r in records(out))
 
 
 def test_an_output_directory_that_cannot_be_made_is_one_sentence(tmp_path):

@@ -18,7 +18,7 @@ LAYERS = [
     ["rescue_eval.core"],
     ["rescue_eval.dist", "rescue_eval.io", "rescue_eval.models", "rescue_eval.datamodules"],
     ["rescue_eval.config"],
-    ["rescue_eval.roles", "rescue_eval.outdir"],
+    ["rescue_eval.roles", "rescue_eval.outdir", "rescue_eval.failures"],
     ["rescue_eval.suite"],
     ["rescue_eval.job", "rescue_eval.segment", "rescue_eval.serve", "rescue_eval.doctor"],
     ["rescue_eval.cli"],

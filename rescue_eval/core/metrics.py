@@ -124,6 +124,7 @@ def record_counts(records) -> dict:
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}  # failed samples by the reason prefix of their error
     warnings: dict[str, int] = {}  # loaded, but worth knowing (e.g. gt_empty, polygon_short)
+    transient: dict[str, int] = {}  # failed for a reason that may pass: the next run retries them
     vlm = {"judge_calls": 0, "judge_unusable": 0, "judge_errors": 0, "planner_tokens_in": 0, "planner_tokens_out": 0,
            "judge_tokens_in": 0, "judge_tokens_out": 0}
     for rec in records:
@@ -132,10 +133,13 @@ def record_counts(records) -> dict:
         if rec["error"]:
             prefix = rec["error"].split(":")[0]
             errors[prefix] = errors.get(prefix, 0) + 1
+        if rec["failure"] and rec.get("transient"):
+            transient[rec["failure"]] = transient.get(rec["failure"], 0) + 1
         for warning in rec.get("warnings", []):
             prefix = warning.split(":")[0]
             warnings[prefix] = warnings.get(prefix, 0) + 1
         for key in vlm:
             vlm[key] += rec["vlm"].get(key, 0)
     return {"hypotheses": dict(sorted(statuses.items())), "errors": dict(sorted(errors.items())),
-            "warnings": dict(sorted(warnings.items())), "vlm": vlm}
+            "warnings": dict(sorted(warnings.items())), "transient_failures": dict(sorted(transient.items())),
+            "vlm": vlm}

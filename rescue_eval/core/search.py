@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rescue_eval.core.errors import FatalError
+from rescue_eval.core.errors import FatalError, is_transient
 from rescue_eval.core.masks import box_iou, encode_rle, intersection_union, iou_rows, mask_box, sample_iou
 from rescue_eval.core.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
 from rescue_eval.core.agreement import PrefixAgreement
@@ -65,7 +65,9 @@ def call_role(role: str, fn, item):
     except FatalError:
         raise
     except Exception as exc:  # noqa: BLE001 - any backend failure becomes a counted failure
-        raise RoleError(f"{type(exc).__name__}: {exc}") from exc
+        error = RoleError(f"{type(exc).__name__}: {exc}")
+        error.transient = is_transient(exc)
+        raise error from exc
 
 
 def remove_duplicates(hypotheses: list[Hypothesis], iou_threshold: float) -> None:
@@ -114,7 +116,7 @@ class _Work:
         try:
             return call_role(role, fn, item)
         except RoleError as exc:
-            fail(self.record, f"{role}_error", str(exc))
+            fail(self.record, f"{role}_error", str(exc), exc.transient)
             return None
         finally:
             self.record["timing"][name] = time.perf_counter() - start
@@ -157,7 +159,7 @@ def search_sample(sample: Sample, roles: Roles, settings: SearchSettings) -> dic
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - a judge that raises fails this sample only
-            fail(w.record, "judge_error", f"{type(exc).__name__}: {exc}")
+            fail(w.record, "judge_error", f"{type(exc).__name__}: {exc}", is_transient(exc))
         w.record["timing"]["verify"] = time.perf_counter() - start
     finish_record(w, settings)
     return w.record
@@ -179,17 +181,18 @@ def new_record(sample: Sample, oracle_boxes: bool = False) -> dict:
     return {"oracle_boxes": oracle_boxes, "warnings": list(sample.meta.get("warnings", [])),
         "id": sample.id, "query": sample.query, "subset": sample.subset,
         "source": dict(sample.meta.get("source", {})),  # the dataset's own keys for the row (RefCOCO: ref_id, ...)
-        "failure": None, "error": None, "image_size": None,
+        "failure": None, "error": None, "transient": False, "image_size": None,
         "hypotheses": [], "candidates": [], "judge": [], "sweep": {},
         "timing": {}, "vlm": {"judge_calls": 0, "judge_unusable": 0},
     }
 
 
-def fail(record: dict, reason: str, message: str) -> None:
+def fail(record: dict, reason: str, message: str, transient: bool = False) -> None:
     """The first failure is the sample's; its error starts with a reason prefix ("planner_error:
-    ...", or the dataset's own such as "image_unreadable: ..."), which the summary counts."""
+    ...", or the dataset's own such as "image_unreadable: ..."), which the summary counts.
+    `transient`: it may pass by itself (see `is_transient`), so the next run retries the sample."""
     if record["failure"] is None:
-        record["failure"] = reason
+        record["failure"], record["transient"] = reason, transient
         record["error"] = message if reason == "bad_input" else f"{reason}: {message}"
 
 

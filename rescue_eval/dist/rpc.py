@@ -13,6 +13,7 @@ import threading
 import torch
 import torch.distributed.rpc as rpc
 
+from rescue_eval.core.errors import is_transient
 from rescue_eval.core.protocols import ROLE_METHODS
 from rescue_eval.dist.serving import RoleServer
 from rescue_eval.dist.transport import DistConfig, RoleCallError, TransportError
@@ -86,7 +87,7 @@ def _serve(role: str, method: str, packed: bytes) -> torch.futures.Future:
         try:  # whatever fails here must still answer: torch would swallow it and the caller wait out the timeout
             answer = ("ok", pack(future.result()))
         except Exception as exc:  # noqa: BLE001 - the backend's error, or an answer that cannot be packed
-            answer = ("error", f"{type(exc).__name__}: {exc}")
+            answer = ("error", (f"{type(exc).__name__}: {exc}", is_transient(exc)))
         result.set_result(answer)
 
     _SERVERS[role].submit(method, items).add_done_callback(done)
@@ -125,7 +126,8 @@ class RemoteRole:
             if status == "ok":
                 return unpack(value)
             if status == "error":
-                raise RoleCallError(f"{self.name} on rank {target}: {value}")
+                message, transient = value
+                raise RoleCallError(f"{self.name} on rank {target}: {message}", transient)
             with self._lock:  # "resend": the host evicted the image; send the bytes again
                 self._sent[target].clear()
         raise TransportError(f"{self.name} on rank {target} keeps losing images; raise its cache size.")

@@ -35,7 +35,12 @@ class TransportError(FatalError):
 
 
 class RoleCallError(RuntimeError):
-    """The remote backend raised; the message names the role and the error."""
+    """The remote backend raised; the message names the role and the error, `transient` whether
+    that error may pass by itself (`rescue_eval.core.errors.is_transient`)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class Transport(Protocol):

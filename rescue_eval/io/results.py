@@ -48,6 +48,34 @@ class ResultWriter:
         self._file.close()
 
 
+def set_aside(out: Path, retry) -> dict[str, int]:
+    """Move the records that `retry(record)` selects from the rank files to results/attempts.jsonl,
+    so that this run evaluates their samples again; returns how many by failure reason. The
+    attempts log is written and synced before a rank file is replaced (atomically), so a crash
+    in between leaves a record in both files, never in neither."""
+    moved: dict[str, int] = {}
+    attempts = results_dir(out) / "attempts.jsonl"
+    for path in sorted(results_dir(out).glob("rank-*.jsonl")):
+        repair_torn_tail(path)
+        keep, retried = [], []
+        for line in path.read_bytes().splitlines(keepends=True):
+            rec = json.loads(line)
+            (retried if retry(rec) else keep).append(line)
+            if retried and retried[-1] is line:
+                moved[rec["failure"]] = moved.get(rec["failure"], 0) + 1
+        if not retried:
+            continue
+        with open(attempts, "ab") as f:
+            f.writelines(retried)
+            os.fsync(f.fileno())
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as f:
+            f.writelines(keep)
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    return moved
+
+
 def repair_torn_tail(path: Path) -> None:
     """Cut an unterminated last line (a write interrupted by a crash)."""
     if not path.exists() or path.stat().st_size == 0:
