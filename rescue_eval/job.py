@@ -31,7 +31,7 @@ from rescue_eval.io.progress import JobProgress
 from rescue_eval.io.report import write_report
 from rescue_eval.failures import TransientStop, retry_selector
 from rescue_eval.io.results import ResultWriter, load_records, set_aside
-from rescue_eval.io.summary import environment, write_summary
+from rescue_eval.io.summary import environment, now_iso, previous_attempts, total_timing, write_summary
 from rescue_eval.outdir import datamodule_of, dataset_entry, evaluated_ids, notes_of, prepare_output, settings_of
 from rescue_eval.suite import write_suite
 
@@ -153,7 +153,7 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
         transport.serve(server)
     if world > 1:
         dist.barrier()  # every role is served before anyone calls it
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), now_iso()
     progress = JobProgress([s.out for s in splits], rank, world, total=sum(len(s.ids) for s in splits),
                            done=sum(i in s.finished for s in splits for i in s.ids), enabled=cfg.run.progress)
     fault = FaultInjection.from_env(out, rank)
@@ -177,13 +177,14 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
         return summaries[0]
     role_stats = merge_role_stats([g["roles"] for g in gathered])
     for k, (split, summary) in enumerate(zip(splits, summaries)):
-        finish_split(split, summary, [g["splits"][k] for g in gathered], role_stats, wall)
+        finish_split(split, summary, [g["splits"][k] for g in gathered], role_stats, wall, started_at)
     if suite:
         return write_suite(out, [(s.cfg, s.out, summary) for s, summary in zip(splits, summaries)])
     return summaries[0]
 
 
-def finish_split(split: SplitRun, summary: dict, per_rank: list[dict], role_stats: dict, wall: float) -> None:
+def finish_split(split: SplitRun, summary: dict, per_rank: list[dict], role_stats: dict, wall: float,
+                 started_at: str) -> None:
     """Rank 0: the split's summary.json, report and W&B run, from every rank's records. In a suite
     the wall time and the role statistics are the whole job's."""
     cfg, ids = split.cfg, split.ids
@@ -192,13 +193,18 @@ def finish_split(split: SplitRun, summary: dict, per_rank: list[dict], role_stat
     for g in per_rank:
         for k, v in g["stages"].items():
             stages[k] = stages.get(k, 0.0) + v
+    attempt = {"started_at": started_at, "ended_at": now_iso(), "command": sys.argv, "world_size": len(per_rank),
+               "roles": role_stats,
+               "timing": {"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
+                          "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}}}
+    attempts = previous_attempts(split.out) + [attempt]
     summary.update(
         dataset=dataset_entry(cfg, ids, split.dataset),
         mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=len(per_rank),
-        notes=notes_of(cfg), oracle_boxes=cfg.planner.backend == "gt_box", roles=role_stats,
-        timing={"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
-                "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}},
-        environment=environment(),
+        notes=notes_of(cfg), oracle_boxes=cfg.planner.backend == "gt_box",
+        # the latest attempt that evaluated samples: a rerun with nothing left to do keeps them
+        roles=next((a["roles"] for a in reversed(attempts) if a["timing"]["new_samples"]), role_stats),
+        timing=total_timing(attempts), attempts=attempts, environment=environment(),
     )
     records = load_records(split.out)  # every rank's records
     summary.update(record_counts(records[i] for i in ids if i in records))

@@ -90,7 +90,7 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_pa
     assert 3 <= len(written) < 16  # what was written before the crash is kept
     ok(torchrun(env, 2, out, *dedicated(2)))
     resumed = json.loads((out / "summary.json").read_text())
-    assert resumed["timing"]["new_samples"] == 16 - len(written)
+    assert resumed["attempts"][-1]["timing"]["new_samples"] == 16 - len(written)
     assert scores(out) == scores(baseline) and decisions(out) == decisions(baseline)
 
 

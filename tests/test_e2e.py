@@ -73,7 +73,10 @@ def test_resume_skips_finished_samples_and_repairs_a_torn_line(env, demo_run, tm
         "--run.progress", "false")
     assert (demo_run / "wandb-run-id").read_text() == run_id  # the resumed job continues the W&B run
     again = json.loads((demo_run / "summary.json").read_text())
-    assert again["timing"]["new_samples"] == 0 and scores(demo_run) == before
+    assert again["attempts"][-1]["timing"]["new_samples"] == 0 and scores(demo_run) == before
+    # timing and roles accumulate over the attempts: a rerun with nothing to do keeps the job's
+    assert again["timing"]["new_samples"] == 16 and again["timing"]["attempts"] == len(again["attempts"]) == 2
+    assert again["roles"] == again["attempts"][0]["roles"] and again["roles"]["executor"]["requests"] > 0
 
     # a crash: the last 5 samples are lost, the one being written is torn
     crashed = tmp_path / "crashed"
@@ -131,7 +134,8 @@ def test_limit_takes_the_first_samples_and_a_run_without_it_resumes_the_rest(env
     assert any("first 3 samples" in note for note in summary["notes"])
     cli(env, "run", "--output", str(out), "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_samples"] == 16 and summary["timing"]["new_samples"] == 13
+    assert summary["n_samples"] == 16 and [a["timing"]["new_samples"] for a in summary["attempts"]] == [3, 13]
+    assert summary["timing"]["new_samples"] == 16 and "--limit" in summary["attempts"][0]["command"]
 
 
 def test_version(env):

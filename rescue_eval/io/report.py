@@ -104,7 +104,8 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
     timing = summary.get("timing", {})
     if timing:
         lines += ["", "## Timing", "", f"- wall: {timing.get('wall_s', 0):.1f} s, "
-                  f"{timing.get('samples_per_s', 0):.3f} samples/s (this run's new samples)"]
+                  f"{timing.get('samples_per_s', 0):.3f} samples/s, over {timing.get('attempts', 1)} attempt(s) "
+                  f"(summary.json lists each, with its command, times and roles)"]
         for stage, s in timing.get("mean_stage_s", {}).items():
             lines.append(f"- {stage}: {1000 * s:.1f} ms per sample (mean latency, queueing behind the other "
                          f"samples in flight included)")
