@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,16 +24,16 @@ commands:
   serve       host an executor or scorer over HTTP:  rescue-eval serve executor|scorer [--port P] [--ROLE.key value ...]
   doctor      check a config before a long job:  rescue-eval doctor --config FILE [--output OUT] [--world N] [--key.sub value ...]
 
-`rescue-eval run --help` lists every configuration key; `rescue-eval --version` prints the version.
+`rescue-eval run --help` lists every configuration key; `rescue-eval --version` prints the version;
+-q before or after the command: warnings and errors only; -v: debug lines and the libraries' own output.
 """
 
 
 def cmd_run(argv: list[str]) -> int:
-    from rescue_eval import config, job
-    from rescue_eval.dist import launch
-    from rescue_eval.failures import failure_line
+    from rescue_eval import config
     from rescue_eval.suite import load_suite
 
+    # help and configuration mistakes come before torch and the models are imported: in a second
     if any(a in ("-h", "--help") for a in argv):
         config.parser().print_help()
         return 0
@@ -41,9 +42,19 @@ def cmd_run(argv: list[str]) -> int:
     known, argv = suite_arg.parse_known_args(argv)
     cfg, out = config.parse(argv)
     suite = load_suite(known.suite, cfg, out) if known.suite else None
+    tiny = config.tiny_roles_note(cfg) if any(c.data.name != "demo" for c, _ in suite or [(cfg, out)]) else None
+    if tiny and int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:  # before torch loads
+        print(f"note: {tiny}", flush=True)
+
+    from rescue_eval import job
+    from rescue_eval.dist import launch
+    from rescue_eval.failures import failure_line
+
     summary = job.run(cfg, out, suite)
     if launch.detect().rank != 0:  # rank 0 speaks for the job
         return 0
+    if tiny:
+        print(f"note: {tiny}")
     if suite:
         for row in summary["splits"]:
             print(json.dumps({k: row[k] for k in ("dataset", "split", "giou", "ciou", "oracle_iou", "n_samples",
@@ -193,6 +204,23 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "build-tiny": cmd_build_tiny, 
             "download": cmd_download, "serve": cmd_serve, "doctor": cmd_doctor}
 
 
+def set_verbosity(verbosity: int) -> None:
+    """-q: warnings and errors only; default: the harness's own progress lines; -v: debug lines
+    and the libraries' own output. Below -v the libraries are quiet (set before they are imported):
+    no loading bars, no config advisories, no per-request HTTP lines, no deprecation notices."""
+    level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity > 0:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("WANDB_QUIET", "true")  # W&B's essentials only: where the run is, how to sync it
+    for library in ("httpx", "httpcore", "openai", "urllib3", "lightning", "lightning.fabric", "vllm"):
+        logging.getLogger(library).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"You are using a Backend .* as a ProcessGroup")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--version"]:
@@ -200,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"rescue-eval {version('rescue-eval')}")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verbosity = sum(a in ("-v", "--verbose") for a in argv) - sum(a in ("-q", "--quiet") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose", "-q", "--quiet")]
+    set_verbosity(verbosity)
     if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

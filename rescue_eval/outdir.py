@@ -68,10 +68,8 @@ def notes_of(cfg: Config) -> list[str]:
     if cfg.planner.backend == "gt_box":
         notes.append("ORACLE ABLATION: the planner proposed jittered ground-truth boxes (planner.backend gt_box); "
                      "these scores are not comparable with any real planner's.")
-    tiny = [r for r in ("planner", "executor", "scorer", "judge") if getattr(cfg, r).checkpoint.startswith("tiny:")]
-    if tiny:
-        notes.append(f"{', '.join(tiny)} use tiny random-weight checkpoints: the scores test the harness, "
-                     f"not a model.")
+    if tiny := config_mod.tiny_roles_note(cfg):
+        notes.append(tiny)
     if cfg.data.name == "reasonseg_parquet":
         notes.append("parquet ReasonSeg masks were made with astype(bool): ignore pixels count as foreground, "
                      "so scores are not strictly comparable with LISA's folder-format evaluation.")

@@ -99,8 +99,10 @@ def test_layout_mistakes_are_one_sentence_naming_the_fix(refer_root, tmp_path):
 @pytest.mark.cli
 def test_an_evaluation_on_refcoco_scores_what_its_predictions_say(cli_env, refer_root, tmp_path):
     out = tmp_path / "refcoco-val"
-    cli(cli_env, "run", "--config", "configs/refcoco.yaml", "--data.root", str(refer_root), "--output", str(out),
-        "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false")
+    proc = cli(cli_env, "run", "--config", "configs/refcoco.yaml", "--data.root", str(refer_root), "--output",
+               str(out), "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false")
+    # a real dataset with the tiny twins says so on stdout, at the start and at the end
+    assert proc.stdout.count("note: planner, executor, scorer, judge use tiny random-weight checkpoints") == 2
     summary = json.loads((out / "summary.json").read_text())
     recs = records(out)
     assert len(recs) == summary["n_samples"] == 2 * (len(KINDS) + 3)

@@ -30,13 +30,25 @@ STRATEGIES.register("heuristic", "rescue_eval.core.selection:HeuristicSelection"
 
 @dataclass
 class VerifierSettings:
+    """Verifier: how one mask is chosen among the candidates.
+
+    Attributes:
+        mode: comparative (a judge tournament) or heuristic (the hybrid score alone) (RESCue's --mode)
+        weight_vlm: the hybrid score's weight of the judge's rating
+        weight_siglip: the hybrid score's weight of the SigLIP2 score
+        weight_agreement: the hybrid score's weight of the candidate's agreement with the others
+        cut_the_chase: mean pairwise mask IoU above which the judge is skipped
+        duel_order: random: one duel per pair, the sides drawn at random; both: each pair judged both ways
+        siglip_scaling: minmax: SigLIP2 scores min-max scaled within each candidate set, as the original; raw: not
+    """
+
     mode: Literal[STRATEGIES.names()] = "comparative"
     weight_vlm: float = 0.5
     weight_siglip: float = 0.35
     weight_agreement: float = 0.15
-    cut_the_chase: float = 0.85  # mean pairwise IoU above which the VLM is skipped
+    cut_the_chase: float = 0.85
     duel_order: Literal["random", "both"] = "random"
-    siglip_scaling: Literal["minmax", "raw"] = "minmax"  # minmax: within each candidate set, as the original
+    siglip_scaling: Literal["minmax", "raw"] = "minmax"
 
 
 @dataclass

@@ -16,7 +16,14 @@ Hosts = Union[Literal["all"], list[int]]
 
 @dataclass
 class PlacementConfig:
-    """Ranks that host each role. `all`: every rank has its own copy and calls it locally."""
+    """Placement: the ranks that host each role; all: every rank has its own copy and calls it locally.
+
+    Attributes:
+        planner: all, or a list of ranks, e.g. [0]
+        executor: all, or a list of ranks
+        scorer: all, or a list of ranks
+        judge: all, or a list of ranks
+    """
 
     planner: Hosts = "all"
     executor: Hosts = "all"

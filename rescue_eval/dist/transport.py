@@ -25,9 +25,17 @@ TRANSPORTS.register("local", "rescue_eval.dist.transport:LocalTransport")
 
 @dataclass
 class DistConfig:
-    transport: Literal[TRANSPORTS.names()] = "rpc"  # role calls to other ranks; local: one process only
-    timeout_s: float = 86400.0  # collectives: ranks may finish their shards hours apart
-    rpc_timeout_s: float = 1800.0  # one role call, its queueing included
+    """Distribution: how ranks reach the roles other ranks host.
+
+    Attributes:
+        transport: rpc (TensorPipe) carries role calls between ranks; local: no calls between ranks
+        timeout_s: collectives' timeout: ranks may finish their shards hours apart
+        rpc_timeout_s: one role call's timeout, its queueing included
+    """
+
+    transport: Literal[TRANSPORTS.names()] = "rpc"
+    timeout_s: float = 86400.0
+    rpc_timeout_s: float = 1800.0
 
 
 class TransportError(FatalError):
