@@ -7,6 +7,8 @@ it. The options of the original RESCue scripts (`--fraction`, `--parallel_reques
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -318,6 +320,15 @@ def load_yaml(path: Path) -> Config:
     """A resolved config written by a run (OUT/config.yaml)."""
     cfg, _ = parse(["--config", str(path), "--output", "unused"])
     return cfg
+
+
+def result_hash(cfg: Config) -> str:
+    """12 hex digits naming the result-affecting part of a config: every record carries the hash
+    of the config that made it, so a directory resumed with --run.force shows what it mixes."""
+    def affecting(d: dict, prefix: str = "") -> dict:
+        return {k: affecting(v, f"{prefix}{k}.") if isinstance(v, dict) else v for k, v in d.items()
+                if f"{prefix}{k}" not in RESUME_FREE_KEYS and (prefix or k not in RESUME_FREE_SECTIONS)}
+    return hashlib.sha256(json.dumps(affecting(to_dict(cfg)), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def result_affecting_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -22,17 +22,16 @@ from rescue_eval import config as config_mod
 from rescue_eval import roles as roles_mod
 from rescue_eval.config import Config, needed_roles
 from rescue_eval.core.errors import UsageError
-from rescue_eval.core.metrics import SplitMetrics, record_counts
+from rescue_eval.core.metrics import SplitMetrics
 from rescue_eval.core.search import SearchSettings, search_sample
 from rescue_eval.dist import launch
 from rescue_eval.dist.placement import dedicated, layout, merge_role_stats
 from rescue_eval.dist.transport import make_transport
 from rescue_eval.io.progress import JobProgress
-from rescue_eval.io.report import write_report
 from rescue_eval.failures import TransientStop, retry_selector
 from rescue_eval.io.results import ResultWriter, load_records, set_aside
-from rescue_eval.io.summary import environment, now_iso, previous_attempts, total_timing, write_summary
-from rescue_eval.outdir import datamodule_of, dataset_entry, evaluated_ids, notes_of, prepare_output, settings_of
+from rescue_eval.io.summary import now_iso
+from rescue_eval.outdir import datamodule_of, evaluated_ids, prepare_output, settings_of, write_results
 from rescue_eval.suite import write_suite
 
 log = logging.getLogger("rescue_eval")
@@ -119,6 +118,7 @@ class SplitRun:
     settings: SearchSettings
     metrics: SplitMetrics
     finished: dict  # id -> record, every rank's
+    config_hash: str = ""  # config_mod.result_hash(cfg), carried by every record written
     writer: ResultWriter | None = None
     stages: dict = field(default_factory=dict)  # summed seconds per stage, this rank's new samples
     new: int = 0
@@ -130,7 +130,7 @@ def open_split(cfg: Config, out: Path, rank: int, world: int) -> SplitRun:
     dm.setup("predict")
     settings = settings_of(cfg)
     return SplitRun(cfg, out, dm.dataset, evaluated_ids(cfg, dm.dataset), settings,
-                    SplitMetrics(settings.sweep, dm.dataset.subsets), load_records(out))
+                    SplitMetrics(settings.sweep, dm.dataset.subsets), load_records(out), config_mod.result_hash(cfg))
 
 
 def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transport, suite: list | None) -> dict:
@@ -176,46 +176,12 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
     if rank != 0:
         return summaries[0]
     role_stats = merge_role_stats([g["roles"] for g in gathered])
-    for k, (split, summary) in enumerate(zip(splits, summaries)):
-        finish_split(split, summary, [g["splits"][k] for g in gathered], role_stats, wall, started_at)
+    for k, split in enumerate(splits):
+        summaries[k] = write_results(split.cfg, split.out, split.ids, split.dataset, summaries[k],
+                                     [g["splits"][k] for g in gathered], role_stats, wall, started_at)
     if suite:
         return write_suite(out, [(s.cfg, s.out, summary) for s, summary in zip(splits, summaries)])
     return summaries[0]
-
-
-def finish_split(split: SplitRun, summary: dict, per_rank: list[dict], role_stats: dict, wall: float,
-                 started_at: str) -> None:
-    """Rank 0: the split's summary.json, report and W&B run, from every rank's records. In a suite
-    the wall time and the role statistics are the whole job's."""
-    cfg, ids = split.cfg, split.ids
-    new = sum(g["new"] for g in per_rank)
-    stages: dict[str, float] = {}
-    for g in per_rank:
-        for k, v in g["stages"].items():
-            stages[k] = stages.get(k, 0.0) + v
-    attempt = {"started_at": started_at, "ended_at": now_iso(), "command": sys.argv, "world_size": len(per_rank),
-               "roles": role_stats,
-               "timing": {"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
-                          "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}}}
-    attempts = previous_attempts(split.out) + [attempt]
-    summary.update(
-        dataset=dataset_entry(cfg, ids, split.dataset),
-        mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=len(per_rank),
-        notes=notes_of(cfg), oracle_boxes=cfg.planner.backend == "gt_box",
-        # the latest attempt that evaluated samples: a rerun with nothing left to do keeps them
-        roles=next((a["roles"] for a in reversed(attempts) if a["timing"]["new_samples"]), role_stats),
-        timing=total_timing(attempts), attempts=attempts, environment=environment(),
-    )
-    records = load_records(split.out)  # every rank's records
-    summary.update(record_counts(records[i] for i in ids if i in records))
-    write_summary(split.out, summary)
-    write_report(split.out, summary, records, split.dataset, cfg.run.overlays)
-    if cfg.wandb.enabled:
-        from rescue_eval.io.tracking import tracker_for
-
-        tracker = tracker_for(split.out, config_mod.to_dict(cfg), cfg.wandb, 0)
-        tracker.log_results(summary, records, split.dataset, cfg.wandb.table_samples)
-        tracker.finish()
 
 
 def drive(todo: list[tuple[SplitRun, int]], roles, rank: int, parallel_requests: int, progress: JobProgress,
@@ -241,6 +207,7 @@ def drive(todo: list[tuple[SplitRun, int]], roles, rank: int, parallel_requests:
                     if strict and rec["failure"] == "bad_input":
                         raise UsageError(f"run.strict: sample {rec['id']} is bad input ({rec['error']}); fix or "
                                          f"remove it, or run without --run.strict to score it as a failure.")
+                    rec["config"] = split.config_hash
                     split.writer.append(rec)
                     split.finished[rec["id"]] = rec
                     split.metrics.update_record(rec)

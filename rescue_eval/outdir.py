@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rescue_eval.core.metrics import SplitMetrics, record_counts
 from rescue_eval.core.search import SearchSettings
 from rescue_eval.io.report import write_report
 from rescue_eval.io.results import load_records
-from rescue_eval.io.summary import environment, write_summary
+from rescue_eval.io.summary import environment, now_iso, previous_attempts, total_timing, write_summary
 
 
 def prepare_output(out: Path, cfg: Config) -> None:
@@ -31,7 +32,13 @@ def prepare_output(out: Path, cfg: Config) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         header = "".join(f"# {k}: {v}\n" for k, v in environment().items())
-        path.write_text("# resolved configuration of this run\n" + header + config_mod.to_yaml(cfg), encoding="utf-8")
+        text = "# resolved configuration of this run\n" + header + config_mod.to_yaml(cfg)
+        path.write_text(text, encoding="utf-8")
+        # every result-affecting config the directory has seen, by the hash its records carry
+        (out / "configs").mkdir(exist_ok=True)
+        seen = out / "configs" / f"{config_mod.result_hash(cfg)}.yaml"
+        if not seen.exists():
+            seen.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"Cannot write to the output directory {out} ({exc.strerror}); "
                          f"choose a writable --output.") from exc
@@ -62,6 +69,29 @@ def dataset_entry(cfg: Config, ids: list[str], dataset) -> dict:
             "headline": getattr(dataset, "headline", "giou")}
 
 
+def config_counts(records: dict[str, dict], ids: list[str]) -> dict[str, int]:
+    """Evaluated records by the hash of the config that made them (OUT/configs/<hash>.yaml)."""
+    counts: dict[str, int] = {}
+    for i in ids:
+        if i in records:
+            key = records[i].get("config", "unrecorded")
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def with_config_counts(summary: dict, counts: dict[str, int]) -> dict:
+    """The summary with `configs` (records per config hash); over records of several configs, a
+    `warning` as its first key and as its first note (so the report and W&B show it too)."""
+    summary = {k: v for k, v in summary.items() if k != "warning"}
+    notes = [n for n in summary.get("notes", []) if not n.startswith("MIXED CONFIGS")]
+    summary.update(configs=counts, notes=notes)
+    if len(counts) < 2:
+        return summary
+    warning = ("MIXED CONFIGS: these scores combine records made with different configs (" +
+               ", ".join(f"{n} with {h}" for h, n in sorted(counts.items())) + "; see configs/<hash>.yaml).")
+    return {"warning": warning, **summary, "notes": [warning, *notes]}
+
+
 def notes_of(cfg: Config) -> list[str]:
     """What a reader of the scores must know about how they were made."""
     notes = []
@@ -78,6 +108,44 @@ def notes_of(cfg: Config) -> list[str]:
     if cfg.data.limit:
         notes.append(f"evaluated at most the first {cfg.data.limit} samples in dataset order (data.limit).")
     return notes
+
+
+def write_results(cfg: Config, out: Path, ids: list[str], dataset, summary: dict, per_rank: list[dict],
+                  role_stats: dict, wall: float, started_at: str, tracker=None) -> dict:
+    """Rank 0, at the end of a job: the split's summary.json, report and W&B results from every
+    rank's records and this attempt's figures (`per_rank`: each rank's new samples and summed
+    stage seconds). In a suite the wall time and the role statistics are the whole job's."""
+    new = sum(g["new"] for g in per_rank)
+    stages: dict[str, float] = {}
+    for g in per_rank:
+        for k, v in g["stages"].items():
+            stages[k] = stages.get(k, 0.0) + v
+    attempt = {"started_at": started_at, "ended_at": now_iso(), "command": sys.argv, "world_size": len(per_rank),
+               "roles": role_stats,
+               "timing": {"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
+                          "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}}}
+    attempts = previous_attempts(out) + [attempt]
+    summary.update(
+        dataset=dataset_entry(cfg, ids, dataset),
+        mode=cfg.verifier.mode, siglip_scaling=cfg.verifier.siglip_scaling, world_size=len(per_rank),
+        notes=notes_of(cfg), oracle_boxes=cfg.planner.backend == "gt_box",
+        # the latest attempt that evaluated samples: a rerun with nothing left to do keeps them
+        roles=next((a["roles"] for a in reversed(attempts) if a["timing"]["new_samples"]), role_stats),
+        timing=total_timing(attempts), attempts=attempts, environment=environment(),
+    )
+    records = load_records(out)  # every rank's records
+    summary.update(record_counts(records[i] for i in ids if i in records))
+    summary = with_config_counts(summary, config_counts(records, ids))
+    write_summary(out, summary)
+    write_report(out, summary, records, dataset, cfg.run.overlays)
+    if tracker is None and cfg.wandb.enabled:
+        from rescue_eval.io.tracking import tracker_for
+
+        tracker = tracker_for(out, config_mod.to_dict(cfg), cfg.wandb, 0)
+    if tracker is not None:
+        tracker.log_results(summary, records, dataset, cfg.wandb.table_samples)
+        tracker.finish()
+    return summary
 
 
 def rebuild(out: Path, data_root: str | None = None) -> dict:
@@ -104,10 +172,12 @@ def rebuild(out: Path, data_root: str | None = None) -> dict:
             metrics.update_record(records[sample_id])
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in ids if i in records)}
+    summary = with_config_counts(summary, config_counts(records, ids))
     summary.setdefault("dataset", dataset_entry(cfg, ids, dataset))
     summary.setdefault("mode", cfg.verifier.mode)
     summary.setdefault("siglip_scaling", cfg.verifier.siglip_scaling)
     summary.setdefault("notes", notes_of(cfg))
+    summary = with_config_counts(summary, config_counts(records, ids))
     write_summary(out, summary)
     write_report(out, summary, records, dataset, cfg.run.overlays)
     return summary

@@ -105,3 +105,18 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_env):
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("rescue-eval: interrupted; every finished sample is kept")
     assert load_records(out)
+
+
+@pytest.mark.cli
+def test_a_forced_resume_with_another_config_is_reported_as_mixed(tmp_path, cli_env):
+    out = tmp_path / "out"
+    cli(cli_env, "run", "--output", str(out), *ARGS, "--mode", "heuristic", "--data.limit", "6")
+    cli(cli_env, "run", "--output", str(out), *ARGS, "--run.force", "true")
+    summary = json.loads((out / "summary.json").read_text())
+    hashes = sorted(p.stem for p in (out / "configs").glob("*.yaml"))
+    assert len(hashes) == 2 and sorted({r["config"] for r in records(out)}) == hashes
+    assert sorted(summary["configs"].values()) == [6, 10]
+    assert next(iter(summary)) == "warning" and summary["warning"].startswith("MIXED CONFIGS")
+    assert "MIXED CONFIGS" in (out / "report.md").read_text()
+    cli(cli_env, "report", str(out))  # the rebuilt summary says so as well
+    assert json.loads((out / "summary.json").read_text())["configs"] == summary["configs"]
