@@ -110,10 +110,14 @@ def cmd_segment(argv: list[str]) -> int:
     if "--output" not in rest and not any(a.startswith("--output=") for a in rest):
         rest += ["--output", "segment-out"]
     cfg, out = config.parse(rest)
+    if tiny := config.tiny_roles_note(cfg):
+        print(f"note: {tiny}", flush=True)
     record = segment.segment_image(cfg, Path(image), query, out)
-    chosen = record["sweep"][str(cfg.planner.max_n)].get("index")
+    chosen = record["sweep"].get(str(cfg.planner.max_n), {}).get("index")
     print(json.dumps({"query": query, "chosen_hypothesis": chosen, "candidates": len(record["candidates"]),
-                      "failure": record["failure"]}))
+                      "failure": record["failure"], "note": record.get("note")}))
+    for note in filter(None, (record.get("note"), tiny)):
+        print(f"note: {note}")
     print(f"wrote {out}/mask.png, {out}/overlay.png and {out}/candidates.json")
     return 0
 

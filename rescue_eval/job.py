@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,7 +27,7 @@ from rescue_eval.core.metrics import SplitMetrics
 from rescue_eval.core.search import SearchSettings, search_sample
 from rescue_eval.dist import launch
 from rescue_eval.dist.placement import dedicated, layout, merge_role_stats
-from rescue_eval.dist.transport import make_transport
+from rescue_eval.dist.transport import TransportError, make_transport
 from rescue_eval.io.progress import JobProgress
 from rescue_eval.failures import TransientStop, retry_selector
 from rescue_eval.io.results import ResultWriter, load_records, set_aside
@@ -48,12 +49,18 @@ def run(cfg: Config, out: Path, suite: list[tuple[Config, Path]] | None = None) 
     remote = me.distributed and bool(dedicated(cfg.placement, needed_roles(cfg)))
     transport = make_transport(cfg.dist.transport if remote else "local")
     servers: dict = {}
+    roles_by_rank = layout(cfg.placement, needed_roles(cfg), me.world)
     if me.distributed:
         store = launch.init_process_group(me, cfg.dist.timeout_s)
+        nodes = launch.gather(socket.gethostname(), me.world)
+        roles_by_rank = layout(cfg.placement, needed_roles(cfg), me.world, nodes)
         transport.start(store, me.rank, me.world, cfg.dist)
-        explain_termination(cfg, me.rank, me.world)
+        explain_termination(me.rank, roles_by_rank)
     try:
         summary = _run_rank(cfg, Path(out), me, servers, transport, suite)
+    except TransportError as exc:  # a rank gone: say where every role was
+        transport.abort()
+        raise TransportError(f"{exc} Roles by rank: {roles_by_rank}.") from exc
     except BaseException:
         transport.abort()  # no graceful goodbye: the launcher stops the other ranks
         raise
@@ -64,10 +71,10 @@ def run(cfg: Config, out: Path, suite: list[tuple[Config, Path]] | None = None) 
     return summary
 
 
-def explain_termination(cfg: Config, rank: int, world: int) -> None:
+def explain_termination(rank: int, roles_by_rank: str) -> None:
     """When the launcher stops this rank because another one died, say which roles each rank
-    hosts: the launcher's own summary names the rank that failed, this names what it was doing."""
-    roles_by_rank = layout(cfg.placement, needed_roles(cfg), world)
+    hosts (and on which node): the launcher's own summary names the rank that failed, this names
+    what it was doing."""
 
     def on_term(signum, frame):
         sys.stderr.write(f"rescue-eval: rank {rank} stopped by the launcher (another rank failed, or the job was "
@@ -153,6 +160,7 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
         transport.serve(server)
     if world > 1:
         dist.barrier()  # every role is served before anyone calls it
+    trackers = start_trackers(splits, cfg, servers) if rank == 0 and cfg.wandb.enabled else [None] * len(splits)
     start, started_at = time.perf_counter(), now_iso()
     progress = JobProgress([s.out for s in splits], rank, world, total=sum(len(s.ids) for s in splits),
                            done=sum(i in s.finished for s in splits for i in s.ids), enabled=cfg.run.progress)
@@ -170,6 +178,10 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
         mine = {"roles": {name: s.stats() for name, s in servers.items()},
                 "splits": [{"new": s.new, "stages": s.stages} for s in splits]}
         gathered = launch.gather(mine, world)
+    except BaseException:
+        for tracker in filter(None, trackers):
+            tracker.finish()  # what was logged live stays; the run ends with the job
+        raise
     finally:
         progress.close()  # after every rank is done, so the job's bar ends at the total
     wall = time.perf_counter() - start
@@ -178,10 +190,21 @@ def _run_rank(cfg: Config, out: Path, me: launch.Launch, servers: dict, transpor
     role_stats = merge_role_stats([g["roles"] for g in gathered])
     for k, split in enumerate(splits):
         summaries[k] = write_results(split.cfg, split.out, split.ids, split.dataset, summaries[k],
-                                     [g["splits"][k] for g in gathered], role_stats, wall, started_at)
+                                     [g["splits"][k] for g in gathered], role_stats, wall, started_at, trackers[k])
     if suite:
         return write_suite(out, [(s.cfg, s.out, summary) for s, summary in zip(splits, summaries)])
     return summaries[0]
+
+
+def start_trackers(splits: list[SplitRun], cfg: Config, servers: dict) -> list:
+    """Rank 0: a W&B run per split, logging live from the result files while the job runs (role
+    statistics of the roles this rank hosts)."""
+    from rescue_eval.io.tracking import tracker_for
+
+    trackers = [tracker_for(s.out, config_mod.to_dict(s.cfg), cfg.wandb, 0) for s in splits]
+    for tracker, split in zip(trackers, splits):
+        tracker.start_live(total=len(split.ids), role_stats=lambda: {n: s.stats() for n, s in servers.items()})
+    return trackers
 
 
 def drive(todo: list[tuple[SplitRun, int]], roles, rank: int, parallel_requests: int, progress: JobProgress,

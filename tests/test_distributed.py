@@ -23,9 +23,16 @@ def env(cli_env):
     return cli_env
 
 
-def torchrun(env, nproc, out, *extra, restarts=0, timeout=600):
+@pytest.fixture(params=["rpc", "gloo"])
+def transport(request):
+    """Every test that calls roles across ranks runs on both transports."""
+    return request.param
+
+
+def torchrun(env, nproc, out, *extra, restarts=0, timeout=600, transport="rpc"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={restarts}", "-m", "rescue_eval", "run", "--output", str(out), *ARGS, *extra]
+           f"--max-restarts={restarts}", "-m", "rescue_eval", "run", "--output", str(out), *ARGS,
+           "--dist.transport", transport, *extra]
     return run_group(cmd, env, timeout)
 
 
@@ -61,9 +68,9 @@ def baseline(env, tmp_path_factory):
 
 @pytest.mark.parametrize("world, layout", [(2, "colocated"), (3, "colocated"), (4, "colocated"),
                                            (2, "dedicated"), (3, "dedicated"), (4, "dedicated")])
-def test_identical_results_for_any_world_size_and_layout(env, baseline, tmp_path, world, layout):
+def test_identical_results_for_any_world_size_and_layout(env, baseline, tmp_path, world, layout, transport):
     out = tmp_path / f"w{world}-{layout}"
-    ok(torchrun(env, world, out, *(dedicated(world) if layout == "dedicated" else [])))
+    ok(torchrun(env, world, out, *(dedicated(world) if layout == "dedicated" else []), transport=transport))
     assert scores(out) == scores(baseline)
     recs = records(out)
     assert len(recs) == len({r["id"] for r in recs}) == 16  # no padding, no duplicates, none lost
@@ -75,10 +82,10 @@ def test_identical_results_for_any_world_size_and_layout(env, baseline, tmp_path
         assert {role: summary["roles"][role]["ranks"] for role in ROLES} == {r: [k % world] for k, r in enumerate(ROLES)}
 
 
-def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_path):
+def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_path, transport):
     out = tmp_path / "killed"
     start = time.monotonic()
-    proc = torchrun({**env, "RESCUE_EVAL_FAULT": "1:3"}, 2, out, *dedicated(2), timeout=300)
+    proc = torchrun({**env, "RESCUE_EVAL_FAULT": "1:3"}, 2, out, *dedicated(2), timeout=300, transport=transport)
     assert proc.returncode != 0 and time.monotonic() - start < 240
     # torchrun names the rank that died; the surviving rank names what it hosted, whether torchrun
     # stopped it first (roles by rank) or its own call to the dead rank failed first (to either role
@@ -88,15 +95,16 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_pa
     assert "rerun the same command to resume" in proc.stderr.lower()
     written = records(out)
     assert 3 <= len(written) < 16  # what was written before the crash is kept
-    ok(torchrun(env, 2, out, *dedicated(2)))
+    ok(torchrun(env, 2, out, *dedicated(2), transport=transport))
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["attempts"][-1]["timing"]["new_samples"] == 16 - len(written)
     assert scores(out) == scores(baseline) and decisions(out) == decisions(baseline)
 
 
-def test_one_restart_completes_the_job_by_itself(env, baseline, tmp_path):
+def test_one_restart_completes_the_job_by_itself(env, baseline, tmp_path, transport):
     out = tmp_path / "restarted"
-    ok(torchrun({**env, "RESCUE_EVAL_FAULT": "1:2"}, 2, out, restarts=1, timeout=600))
+    ok(torchrun({**env, "RESCUE_EVAL_FAULT": "1:2"}, 2, out, *dedicated(2), restarts=1, timeout=600,
+                transport=transport))
     assert (out / ".fault-injected").exists()
     assert scores(out) == scores(baseline) and decisions(out) == decisions(baseline)
 
@@ -107,9 +115,9 @@ def test_placement_on_a_missing_rank_is_one_clear_sentence(env, tmp_path):
     assert "placement.judge names rank(s) [3] but the job has 2 rank(s)" in proc.stderr
 
 
-def test_first_use_on_an_empty_cache_builds_once(env, baseline, tmp_path):
+def test_first_use_on_an_empty_cache_builds_once(env, baseline, tmp_path, transport):
     """Rank 0 builds the tiny checkpoints and the demo set before the other ranks load them
     (transformers writes weights only on rank 0 of a process group)."""
     out = tmp_path / "fresh"
-    ok(torchrun({**env, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}, 2, out, *dedicated(2)))
+    ok(torchrun({**env, "RESCUE_EVAL_CACHE": str(tmp_path / "cache")}, 2, out, *dedicated(2), transport=transport))
     assert scores(out) == scores(baseline)

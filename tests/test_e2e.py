@@ -23,7 +23,8 @@ def demo_run(env, tmp_path_factory):
 
 def test_output_directory_contract(demo_run):
     out = demo_run
-    for name in ("config.yaml", "summary.json", "report.md", "plots/iou_vs_n.png", "results/rank-0.jsonl"):
+    for name in ("config.yaml", "summary.json", "report.md", "plots/iou_vs_n.png", "plots/judge_calls_vs_n.png",
+                 "results/rank-0.jsonl"):
         assert (out / name).is_file(), name
     assert len(list((out / "overlays").glob("*.png"))) == 8
     summary = json.loads((out / "summary.json").read_text())

@@ -120,3 +120,24 @@ def test_a_forced_resume_with_another_config_is_reported_as_mixed(tmp_path, cli_
     assert "MIXED CONFIGS" in (out / "report.md").read_text()
     cli(cli_env, "report", str(out))  # the rebuilt summary says so as well
     assert json.loads((out / "summary.json").read_text())["configs"] == summary["configs"]
+
+
+@pytest.mark.cli
+def test_wandb_logs_live_points_during_the_job_and_the_scores_at_the_end(tmp_path, cli_env):
+    from tests.helpers import item_key, wandb_records
+
+    out = tmp_path / "out"
+    cli(cli_env, "run", "--output", str(out), "--max_n", "2", "--run.progress", "false", "--wandb.log_every_s", "0.2",
+        "--wandb.tags", "[demo,ci]")
+    (log_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    points = []
+    for rec in wandb_records(log_file):
+        if rec.WhichOneof("record_type") == "history":
+            point = {item_key(i): json.loads(i.value_json) for i in rec.history.item}
+            if "live/samples_done" in point:
+                points.append(point)
+    done = [p["live/samples_done"] for p in points]
+    assert done == sorted(done) and done[-1] == 16 and any(0 < d < 16 for d in done)  # seen mid-job
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(points[-1]["live/giou"] - summary["giou"]) < 1e-9
+    assert points[-1]["live/roles/executor/busy_fraction"] > 0

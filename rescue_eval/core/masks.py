@@ -105,12 +105,60 @@ def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: floa
     return out
 
 
-def draw_box(image: Image.Image, box: Box, color=(255, 255, 0), width: int = 2) -> Image.Image:
+def contour(image: Image.Image, mask: np.ndarray, color, width: int = 2, halo=(0, 0, 0)) -> Image.Image:
+    """The image with the mask's boundary drawn as a `width`-pixel line in `color` between two
+    1-pixel lines in `halo`, so it reads on any content; the pixels inside are left as they are."""
+    m = mask.astype(bool)
+    arr = np.asarray(image.convert("RGB")).copy()
+    if m.any():
+        outward, inward = width // 2, width - width // 2
+        line = _grow(m, outward) & ~_shrink(m, inward)
+        arr[_grow(m, outward + 1) & ~_shrink(m, inward + 1) & ~line] = halo
+        arr[line] = color
+    return Image.fromarray(arr)
+
+
+def hatch(image: Image.Image, mask: np.ndarray, period: int = 6) -> Image.Image:
+    """The image with black and white diagonal stripes over `mask`: a pattern no photo region
+    looks like, for pixels that are neither target nor background (ignore labels)."""
+    arr = np.asarray(image.convert("RGB")).copy()
+    ys, xs = np.indices(mask.shape)
+    phase = ((xs + ys) // 2) % period
+    m = mask.astype(bool)
+    arr[m & (phase == 0)] = (255, 255, 255)
+    arr[m & (phase == 1)] = (0, 0, 0)
+    return Image.fromarray(arr)
+
+
+def draw_box(image: Image.Image, box: Box, color=(255, 255, 0), width: int = 2, halo=None) -> Image.Image:
+    """The image with `box` outlined inwards from its edge; `halo` adds a 1-pixel line of that
+    colour on both sides of the outline."""
     out = image.copy()
-    ImageDraw.Draw(out).rectangle(box, outline=color, width=width)
+    draw = ImageDraw.Draw(out)
+    if halo is not None:
+        x1, y1, x2, y2 = box
+        draw.rectangle((x1 - 1, y1 - 1, x2 + 1, y2 + 1), outline=halo, width=width + 2)
+    draw.rectangle(box, outline=color, width=width)
     return out
 
 
 def _erode(m: np.ndarray) -> np.ndarray:
     p = np.pad(m, 1)
     return p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    p = np.pad(m, 1)
+    return p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+
+
+def _grow(m: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        m = _dilate(m)
+    return m
+
+
+def _shrink(m: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        m = _erode(m)
+    return m

@@ -49,7 +49,11 @@ def init_process_group(launch: Launch, timeout_s: float) -> dist.Store:
     the previous round are still there and would send the new ranks to dead addresses: each
     round's keys get a prefix of their own.
     """
-    log.info("rank %d: %s", launch.rank, choose_network(os.environ.get("MASTER_ADDR", "127.0.0.1")))
+    if "LOCAL_WORLD_SIZE" in os.environ:  # torchrun, on each node
+        several_nodes = launch.world > int(os.environ["LOCAL_WORLD_SIZE"])
+    else:  # plain srun
+        several_nodes = int(os.environ.get("SLURM_NNODES", "1")) > 1
+    log.info("rank %d: %s", launch.rank, choose_network(os.environ.get("MASTER_ADDR", "127.0.0.1"), several_nodes))
     timeout = timedelta(seconds=timeout_s)
     store, _, _ = next(dist.rendezvous("env://", rank=launch.rank, world_size=launch.world, timeout=timeout))
     store = dist.PrefixStore(f"rescue-eval/round-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
@@ -86,36 +90,62 @@ NETWORK_VARIABLES = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
 def interface_towards(host: str) -> tuple[str, str]:
     """(interface, local address) of this machine's route to `host`, as the kernel chooses it: a
     UDP socket `connect`ed there sends nothing but gets the local address of that route."""
-    import fcntl
-    import struct
-
     address = socket.gethostbyname(host)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((address, 9))
         local = probe.getsockname()[0]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as query:
-        for _, name in socket.if_nameindex():
-            try:  # SIOCGIFADDR: the interface's IPv4 address
-                packed = fcntl.ioctl(query.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
-            except OSError:  # no IPv4 address on it
-                continue
-            if socket.inet_ntoa(packed[20:24]) == local:
+    for _, name in socket.if_nameindex():
+        try:
+            if _ipv4_of(name) == local:
                 return name, local
+        except OSError:  # no IPv4 address on it
+            continue
     raise OSError(f"no interface holds {local}, the local address of the route to {host}")
 
 
-def choose_network(master: str) -> str:
+def _ipv4_of(interface: str) -> str:
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as query:  # SIOCGIFADDR
+        packed = fcntl.ioctl(query.fileno(), 0x8915, struct.pack("256s", interface.encode()[:15]))
+    return socket.inet_ntoa(packed[20:24])
+
+
+def outward_interface() -> tuple[str, str]:
+    """(interface, address) other hosts reach this one by: the default route's, else the first
+    interface with an IPv4 address that is not a loopback."""
+    try:
+        return interface_towards("192.0.2.1")  # TEST-NET-1: only the route is looked up, nothing is sent
+    except OSError:
+        pass
+    for _, name in socket.if_nameindex():
+        try:
+            address = _ipv4_of(name)
+        except OSError:
+            continue
+        if not address.startswith("127."):
+            return name, address
+    raise OSError("no interface but the loopback has an IPv4 address")
+
+
+def choose_network(master: str, several_nodes: bool = False) -> str:
     """Point gloo and TensorPipe at the interface whose route reaches the rendezvous host, unless
     the user set them: both otherwise pick the address the hostname resolves to, which in
-    containers and on clusters (Debian writes 127.0.1.1 for it) other hosts cannot reach.
-    Returns a line for the log."""
+    containers and on clusters (Debian writes 127.0.1.1 for it) other hosts cannot reach. On the
+    rendezvous host itself that route is the loopback when its name resolves to 127.0.1.1: a job
+    of several nodes then takes the interface the others reach it by. Returns a line for the log."""
     preset = {name: os.environ[name] for name in NETWORK_VARIABLES if os.environ.get(name)}
     if len(preset) == len(NETWORK_VARIABLES):
         return f"network interfaces as set: {preset}"
     try:
         interface, local = interface_towards(master)
+        why = f"the route to the rendezvous host {master}"
+        if several_nodes and local.startswith("127."):
+            interface, local = outward_interface()
+            why = f"the rendezvous host {master} is this one, and other nodes reach it there"
     except OSError as exc:
         return f"no route to the rendezvous host {master} was found ({exc}); gloo and TensorPipe choose their own"
     for name in NETWORK_VARIABLES:
         os.environ.setdefault(name, interface)
-    return f"network interface {interface} ({local}), the route to the rendezvous host {master}"
+    return f"network interface {interface} ({local}): {why}"

@@ -63,11 +63,13 @@ def validate_placement(placement: PlacementConfig, roles: list[str], world: int)
                              f"placement.{role}.")
 
 
-def layout(placement: PlacementConfig, roles: list[str], world: int) -> str:
-    """"rank 0: planner; rank 1: samples only; ..." for messages about a lost rank."""
+def layout(placement: PlacementConfig, roles: list[str], world: int, nodes: list[str] | None = None) -> str:
+    """"rank 0: planner; rank 1: samples only; ..." for messages about a lost rank; with the
+    ranks' `nodes` (host names) when they are not all one: "rank 2 (node1): scorer; ..."."""
     served = dedicated(placement, roles)
     hosted = {k: [r for r in served if k in hosts_of(placement, r, world)] for k in range(world)}
-    return "; ".join(f"rank {k}: {', '.join(rs) or 'samples only'}" for k, rs in hosted.items())
+    where = {k: f" ({nodes[k]})" if nodes and len(set(nodes)) > 1 else "" for k in range(world)}
+    return "; ".join(f"rank {k}{where[k]}: {', '.join(rs) or 'samples only'}" for k, rs in hosted.items())
 
 
 def merge_role_stats(per_rank: list[dict[str, dict]]) -> dict[str, dict]:

@@ -5,19 +5,16 @@ TensorPipe is in maintenance mode upstream; everything RPC-specific stays here, 
 """
 from __future__ import annotations
 
-import itertools
 import os
 import socket
-import threading
 
 import torch
 import torch.distributed.rpc as rpc
 
-from rescue_eval.core.errors import is_transient
-from rescue_eval.core.protocols import ROLE_METHODS
+from rescue_eval.dist.calls import RemoteRole, answer_request
 from rescue_eval.dist.serving import RoleServer
-from rescue_eval.dist.transport import DistConfig, RoleCallError, TransportError
-from rescue_eval.dist.wire import DecodedCache, ImageNotCached, pack, unpack
+from rescue_eval.dist.transport import DistConfig, TransportError
+from rescue_eval.dist.wire import DecodedCache
 
 
 def worker_name(rank: int) -> str:
@@ -44,13 +41,13 @@ class RpcTransport:
             raise TransportError(f"RPC could not start on rank {rank} (rendezvous {os.environ['MASTER_ADDR']}:{port}, "
                                  f"interface {interface}: {str(exc).splitlines()[0][:160]}); set TP_SOCKET_IFNAME "
                                  f"and GLOO_SOCKET_IFNAME to the interface the nodes share, or use "
-                                 f"--dist.transport local with every role placed on all ranks.") from exc
+                                 f"--dist.transport gloo.") from exc
 
     def serve(self, server: RoleServer) -> None:
         _SERVERS[server.name] = server
 
-    def client(self, role: str, hosts: list[int]) -> "RemoteRole":
-        return RemoteRole(role, hosts)
+    def client(self, role: str, hosts: list[int]) -> RemoteRole:
+        return RemoteRole(role, hosts, _send)
 
     def stop(self) -> None:
         rpc.shutdown(graceful=True)
@@ -77,57 +74,9 @@ _DECODED = DecodedCache()
 @rpc.functions.async_execution
 def _serve(role: str, method: str, packed: bytes) -> torch.futures.Future:
     result = torch.futures.Future()
-    try:
-        items = unpack(packed, _DECODED)
-    except ImageNotCached as exc:
-        result.set_result(("resend", str(exc)))
-        return result
-
-    def done(future):
-        try:  # whatever fails here must still answer: torch would swallow it and the caller wait out the timeout
-            answer = ("ok", pack(future.result()))
-        except Exception as exc:  # noqa: BLE001 - the backend's error, or an answer that cannot be packed
-            answer = ("error", (f"{type(exc).__name__}: {exc}", is_transient(exc)))
-        result.set_result(answer)
-
-    _SERVERS[role].submit(method, items).add_done_callback(done)
+    answer_request(_SERVERS, _DECODED, role, method, packed, result.set_result)
     return result
 
 
-# ---- the calling side ------------------------------------------------------------------------
-
-class RemoteRole:
-    """The protocol methods of a role hosted on other ranks, spread over its hosts in turn."""
-
-    def __init__(self, name: str, hosts: list[int]):
-        self.name, self.hosts = name, list(hosts)
-        self._next = itertools.cycle(self.hosts)
-        self._lock = threading.Lock()
-        self._sent = {h: set() for h in self.hosts}  # image keys each host already has
-
-    def __getattr__(self, method: str):
-        if method not in ROLE_METHODS.get(self.name, ()):
-            raise AttributeError(method)
-        return lambda batch: self.call(method, batch)
-
-    def call(self, method: str, batch: list) -> list:
-        with self._lock:
-            target = next(self._next)
-        for attempt in range(2):
-            with self._lock:
-                packed = pack(batch, None if attempt else self._sent[target])
-            try:
-                status, value = rpc.rpc_sync(worker_name(target), _serve, args=(self.name, method, packed))
-            except Exception as exc:  # noqa: BLE001 - any RPC failure means a rank is gone or stuck
-                raise TransportError(f"{self.name} on rank {target} did not answer ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''}); the job stops so that "
-                                     f"no sample is recorded as failed for it. Rerun the same command to "
-                                     f"resume.") from exc
-            if status == "ok":
-                return unpack(value)
-            if status == "error":
-                message, transient = value
-                raise RoleCallError(f"{self.name} on rank {target}: {message}", transient)
-            with self._lock:  # "resend": the host evicted the image; send the bytes again
-                self._sent[target].clear()
-        raise TransportError(f"{self.name} on rank {target} keeps losing images; raise its cache size.")
+def _send(target: int, role: str, method: str, packed: bytes) -> tuple:
+    return rpc.rpc_sync(worker_name(target), _serve, args=(role, method, packed))

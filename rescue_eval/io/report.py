@@ -1,4 +1,4 @@
-"""summary.json -> report.md, plots/iou_vs_n.png and overlays/*.png.
+"""summary.json -> report.md, plots/iou_vs_n.png, plots/judge_calls_vs_n.png and overlays/*.png.
 
 Everything here is rebuilt from the output directory alone (plus the dataset for the overlay
 images), so `rescue-eval report OUT` regenerates it after a run or a resume.
@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
-from rescue_eval.core.masks import decode_rle, overlay
+from rescue_eval.io.pictures import GROUPS, METRIC_LABELS, Shown, write_overlays, write_plots
 
 METRIC_POLICY = (
     "Metric policy (LISA's): ground-truth pixels labelled 255 (ReasonSeg 'ignore' polygons) count in "
@@ -28,9 +26,6 @@ def selection_policy(siglip_scaling: str) -> str:
             "duplicate keeps its vote for the box it repeats. Selection never sees the ground truth.")
 
 
-LABELS = {"giou": "gIoU", "ciou": "cIoU"}
-
-
 def metric_order(dataset_entry: dict) -> tuple[str, str]:
     """The dataset's headline metric first: cIoU for RefCOCO (the papers' table), else gIoU."""
     return ("ciou", "giou") if dataset_entry.get("headline") == "ciou" else ("giou", "ciou")
@@ -42,12 +37,12 @@ def _pct(x: float) -> str:
 
 def write_report(out: Path, summary: dict, records: dict[str, dict], dataset=None, overlays: int = 8) -> None:
     out = Path(out)
-    plot = write_plot(out, summary)
+    plots = write_plots(out, summary, headline=metric_order(summary.get("dataset", {}))[0])
     shown = write_overlays(out, records, dataset, overlays) if dataset is not None else []
-    (out / "report.md").write_text(render_markdown(summary, plot, shown), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(summary, plots, shown), encoding="utf-8")
 
 
-def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> str:
+def render_markdown(summary: dict, plots: dict[str, Path], shown: list[Shown]) -> str:
     ds = summary.get("dataset", {})
     lines = [f"# RESCue-eval: {ds.get('name', '?')} / {ds.get('split', '?')}", ""]
     lines += [f"- samples: {summary['n_samples']} (failed: {summary['n_failed']})",
@@ -56,15 +51,16 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
         lines.append(f"- **note:** {note}")
     first, second = metric_order(ds)
     lines += ["", "| metric | value |", "|---|---|",
-              f"| {LABELS[first]} (headline) | {_pct(summary[first])} |", f"| {LABELS[second]} | {_pct(summary[second])} |",
+              f"| {METRIC_LABELS[first]} (headline) | {_pct(summary[first])} |",
+              f"| {METRIC_LABELS[second]} | {_pct(summary[second])} |",
               f"| oracle IoU | {_pct(summary['oracle_iou'])} |", ""]
     lines += ["## Scores against N (selection among the first N hypotheses)", "",
-              f"| N | {LABELS[first]} | {LABELS[second]} | oracle IoU | judge calls |", "|---|---|---|---|---|"]
+              f"| N | {METRIC_LABELS[first]} | {METRIC_LABELS[second]} | oracle IoU | judge calls |",
+              "|---|---|---|---|---|"]
     for n, row in sorted(summary["per_n"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {n} | {_pct(row[first])} | {_pct(row[second])} | {_pct(row['oracle_iou'])} | "
                      f"{row['judge_calls']} |")
-    if plot is not None:
-        lines += ["", f"![IoU against N]({plot.relative_to(plot.parent.parent).as_posix()})"]
+    lines += [""] + [f"![{title}](plots/{path.name})" for title, path in plots.items()]
     if summary.get("subsets"):
         lines += ["", "## Subsets", "", "| subset | samples | gIoU | cIoU | oracle IoU |", "|---|---|---|---|---|"]
         for name, s in summary["subsets"].items():
@@ -109,9 +105,8 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
         for stage, s in timing.get("mean_stage_s", {}).items():
             lines.append(f"- {stage}: {1000 * s:.1f} ms per sample (mean latency, queueing behind the other "
                          f"samples in flight included)")
-    if overlays:
-        lines += ["", "## First samples (green: ground truth, red: prediction)", ""]
-        lines += [f"![{name}](overlays/{name})" for name in overlays]
+    if shown:
+        lines += ["", *samples_section(shown, summary["n_samples"])]
     lines += ["", "## Metric policy", "", METRIC_POLICY, "", "## Selection policy", "",
               selection_policy(summary.get("siglip_scaling", "minmax")), ""]
     env = summary.get("environment", {})
@@ -120,60 +115,20 @@ def render_markdown(summary: dict, plot: Path | None, overlays: list[str]) -> st
     return "\n".join(lines)
 
 
-def write_plot(out: Path, summary: dict) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(summary["per_n"].items(), key=lambda kv: int(kv[0]))
-    ns = [int(n) for n, _ in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for key, label in (("giou", "gIoU"), ("ciou", "cIoU"), ("oracle_iou", "oracle IoU")):
-        ax.plot(ns, [100 * r[key] for _, r in rows], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set_xlabel("N (hypotheses)")
-    ax.set_ylabel("IoU (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = out / "plots" / "iou_vs_n.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def write_overlays(out: Path, records: dict[str, dict], dataset, limit: int) -> list[str]:
-    """Ground truth (green) and prediction (red) on the image, side by side, for the first
-    `limit` samples of the dataset that have a record."""
-    folder = out / "overlays"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(len(dataset)):
-        if len(names) >= limit:
-            break
-        sample_id = dataset.ids[index]
-        rec = records.get(sample_id)
-        if rec is None or rec.get("prediction") is None:
-            continue
-        sample = dataset[index]
-        try:
-            image = sample.decode_image()
-        except Exception:  # noqa: BLE001 - an unreadable image has nothing to draw on
-            continue
-        gt = sample.gt_mask == 1
-        pred = decode_rle(rec["prediction"])
-        panels = [overlay(image, gt, color=(0, 200, 0)), overlay(image, pred, color=(230, 0, 0))]
-        canvas = Image.new("RGB", (image.width * 2 + 8, image.height), "white")
-        canvas.paste(panels[0], (0, 0))
-        canvas.paste(panels[1], (image.width + 8, 0))
-        name = f"{_safe(sample_id)}.png"
-        canvas.save(folder / name)
-        names.append(name)
-    return names
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def samples_section(shown: list[Shown], n_samples: int) -> list[str]:
+    """The picture section: what is shown (worst, middle and best by IoU) and each picture,
+    or why a sample has none."""
+    counts = {group: sum(s.group == group for s in shown) for group in GROUPS}
+    which = ", ".join(f"{counts[g]} {'in the middle' if g == 'middle' else g}" for g in GROUPS if counts[g])
+    lines = [f"## Samples by IoU at the largest N: {which} of {n_samples}", "",
+             "Left: ground truth (cyan contour; ignore pixels, label 255, hatched black and white). "
+             "Right: prediction (magenta contour). Ties in IoU are broken by id; failed samples show "
+             "their reason."]
+    for group in GROUPS:
+        members = [s for s in shown if s.group == group]
+        if members:
+            lines += ["", f"### {group.capitalize()}"]
+        for s in members:  # each its own paragraph: one picture a row
+            lines += ["", f"![{s.sample_id}](overlays/{s.file})" if s.file else
+                      f"- {s.sample_id} (IoU {_pct(s.iou)}): no picture ({s.problem})"]
+    return lines
