@@ -16,6 +16,27 @@ def check_loading_info(role: str, checkpoint: str, info: dict) -> None:
                          f"--{role}.checkpoint at a checkpoint of that role, or pick the role's matching backend.")
 
 
+def check_model_type(key: str, spec: str, resolved: str, expected: tuple[str, ...]) -> None:
+    """A checkpoint of another role (a SigLIP2 folder given to the executor) is one sentence
+    before any model loads. `resolved` is a local folder or a hub id; a hub checkpoint not yet
+    in the local cache is left to the load, which says to download it."""
+    import json
+    from pathlib import Path
+
+    config = Path(resolved) / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(resolved, "config.json")
+        if not isinstance(cached, str):
+            return
+        config = Path(cached)
+    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    if model_type not in expected:
+        raise UsageError(f"{key} {spec} is a {model_type} checkpoint, which this backend does not load (it takes "
+                         f"{', '.join(expected)}): point {key} at that role's checkpoint.")
+
+
 THINKING_PROBE = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
 
 

@@ -164,6 +164,8 @@ class Qwen3VLPlanner:
     """Planner: item.n box hypotheses per item; hypothesis k uses strategy k % len(strategies),
     temperature (k // len(strategies)) % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
 
+    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
+
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
                  strategies: Sequence[str] | None = None, temperatures: Sequence[float] = (0.3, 0.7, 1.0),
@@ -194,6 +196,8 @@ class Qwen3VLJudge:
     """Judge: greedy (deterministic) answers about masks drawn in red on the image. On a Thinking
     checkpoint the answer is what follows </think>; reasoning cut short by max_new_tokens is an
     unusable answer, counted (the hybrid score decides)."""
+
+    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16,

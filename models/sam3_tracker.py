@@ -50,6 +50,8 @@ def fill_holes(logits, max_hole_area: float = MAX_HOLE_AREA, threshold: float = 
 
 
 class Sam3TrackerSegmenter:
+    model_types = ("sam3_video", "sam3_tracker", "sam3")  # config.json model_type of the checkpoints it loads
+
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32"):
         import torch
         from transformers import Sam3TrackerProcessor

@@ -47,6 +47,8 @@ def masked_crop(pixels: np.ndarray, mask: np.ndarray, margin: float = CROP_MARGI
 
 
 class Siglip2Scorer:
+    model_types = ("siglip", "siglip2")  # config.json model_type of the checkpoints it loads
+
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32", max_batch: int = 32):
         import torch
         from transformers import AutoModel, AutoProcessor

@@ -207,6 +207,8 @@ class VLLMPlanner:
     """Planner: item.n box hypotheses per item, all of a batch in one LLM.chat call (vLLM batches
     them itself, and prefix caching shares each image's prompt prefix between its hypotheses)."""
 
+    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
+
     def __init__(self, checkpoint: str, device: str = "cuda", dtype: str = "bfloat16", max_new_tokens: int = 64,
                  structured_output: bool = True, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, strategies: Sequence[str] | None = None,
@@ -231,6 +233,8 @@ class VLLMPlanner:
 
 class VLLMJudge:
     """Judge: greedy answers about masks drawn in red on the image."""
+
+    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cuda", dtype: str = "bfloat16", max_new_tokens: int = 16,
                  structured_output: bool = True, tensor_parallel_size: int = 1,

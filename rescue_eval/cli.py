@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rescue-eval: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("rescue-eval: interrupted; every finished sample is kept: rerun the same command to resume.",
-              file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal: one line is enough
+            print("rescue-eval: interrupted; every finished sample is kept: rerun the same command to resume.",
+                  file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)  # now: samples in flight would hold the exit until their model calls return

@@ -25,13 +25,17 @@ def validate(cfg: Config, world: int, rank: int, local_rank: int) -> None:
 
 def prepare_checkpoints(cfg: Config) -> None:
     """Build the tiny checkpoints the config names (once, on rank 0, before any rank loads them)."""
-    from rescue_eval.models import adapter_keys
+    from rescue_eval.models import BACKENDS, adapter_keys
+    from rescue_eval.models.loading import check_model_type
     from rescue_eval.models.tiny import resolve_checkpoint
 
     for role, section in role_sections(cfg).items():
         if "checkpoint" in adapter_keys(role, section.backend):
             check_local_checkpoint(section.checkpoint, f"{role}.checkpoint")
-            resolve_checkpoint(section.checkpoint)
+            resolved = resolve_checkpoint(section.checkpoint)
+            expected = getattr(BACKENDS[role].get(section.backend), "model_types", ())
+            if expected:
+                check_model_type(f"{role}.checkpoint", section.checkpoint, resolved, expected)
 
 
 def check_local_checkpoint(spec: str, key: str) -> None:

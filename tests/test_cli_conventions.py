@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from rescue_eval.config import LEGACY_FLAGS, Config, parser
-from tests.helpers import cli
-from tests.test_readme import config_keys
+from tests.helpers import cli, config_keys
 
 ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false", "--data.limit", "2"]
 
@@ -45,3 +44,17 @@ def test_a_default_run_is_quiet_and_q_and_v_move_the_level(cli_env, tmp_path):
     assert "samples in its shard" in quiet.stderr
     assert "samples in its shard" not in cli(cli_env, "-q", "run", "--output", str(tmp_path / "b"), *ARGS).stderr
     assert "DEBUG" in cli(cli_env, "run", "-v", "--output", str(tmp_path / "c"), *ARGS).stderr
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("args, sentence", [
+    (["--executor.checkpoint", "tiny:siglip2"], "executor.checkpoint tiny:siglip2 is a siglip checkpoint"),
+    (["--scorer.checkpoint", "tiny:qwen3-vl"], "scorer.checkpoint tiny:qwen3-vl is a qwen3_vl checkpoint"),
+    (["--planner.checkpoint", "/nonexistent/qwen"], "planner.checkpoint /nonexistent/qwen does not exist"),
+    (["--judge.checkpoint", "/tmp"], "judge.checkpoint /tmp is not a checkpoint folder"),
+    (["--executor.device", "gpu"], "executor.device is 'gpu'"),
+])
+def test_checkpoint_and_device_mistakes_are_one_sentence(cli_env, tmp_path, args, sentence):
+    proc = cli(cli_env, "run", "--output", str(tmp_path / "out"), *ARGS, *args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"rescue-eval: error: {sentence}")
