@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import struct
 import subprocess
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +139,66 @@ def served_in_one_batch(role: str, backend, method: str, items: list) -> list:
         server.close()
     assert server.batches == 1 and server.requests == len(items)
     return answers
+
+
+TORCHRUN_ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
+
+
+def torchrun(env, nproc, out, *extra, restarts=0, timeout=600, transport="rpc"):
+    """The demo under torchrun on this machine (--standalone), on `transport`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           f"--max-restarts={restarts}", "-m", "rescue_eval", "run", "--output", str(out), *TORCHRUN_ARGS,
+           "--dist.transport", transport, *extra]
+    return run_group(cmd, env, timeout)
+
+
+def run_group(cmd, env, timeout):
+    """subprocess.run that, on timeout, kills the whole process group (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def config_keys(cls, prefix=""):
+    """Every dotted key of a config dataclass, e.g. planner.max_n."""
+    keys = set()
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            keys |= config_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.add(prefix + f.name)
+    return keys
+
+
+LIVE_INTERVAL_S = 0.05  # seconds between live W&B points in tests
+
+
+def result_record(sample_id: str, iou: float | None, inter: int = 0, union: int = 0,
+                  failure: str | None = None) -> dict:
+    """A result line as the job writes it (fields the live points ignore included)."""
+    return {"id": sample_id, "iou": iou, "intersection": inter, "union": union,
+            "oracle_iou": None if iou is None else min(1.0, iou + 0.25), "failure": failure,
+            "hypotheses": [{"raw_text": "..."}], "sweep": {"1": {}, "4": {}}}
+
+
+def result_line(record: dict) -> bytes:
+    return (json.dumps(record) + "\n").encode()
+
+
+def append_results(out: Path, rank: int, data: bytes) -> None:
+    path = out / "results" / f"rank-{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(data)

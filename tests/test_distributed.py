@@ -1,21 +1,16 @@
 """torchrun on CPU (gloo + TensorPipe RPC): the same results for any world size and layout,
 crash and resume, restarts, placement mistakes."""
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.helpers import decisions, records, scores
+from tests.helpers import decisions, ok, records, scores, torchrun
 
 pytestmark = pytest.mark.torchrun
 
 ROLES = ("planner", "executor", "scorer", "judge")
-ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
 
 
 @pytest.fixture(scope="module")
@@ -27,31 +22,6 @@ def env(cli_env):
 def transport(request):
     """Every test that calls roles across ranks runs on both transports."""
     return request.param
-
-
-def torchrun(env, nproc, out, *extra, restarts=0, timeout=600, transport="rpc"):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={restarts}", "-m", "rescue_eval", "run", "--output", str(out), *ARGS,
-           "--dist.transport", transport, *extra]
-    return run_group(cmd, env, timeout)
-
-
-def run_group(cmd, env, timeout):
-    """subprocess.run that, on timeout, kills the whole process group (torchrun's workers too)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 def dedicated(world):

@@ -7,9 +7,8 @@ import pytest
 from rescue_eval import config
 from rescue_eval.core.errors import UsageError
 from rescue_eval.suite import load_suite
-from tests.helpers import cli, decisions, records, scores
+from tests.helpers import cli, decisions, ok, records, scores, torchrun
 from tests.refer_layout import write_refer_layout
-from tests.test_distributed import ok, torchrun
 
 ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false", "--data.limit", "7"]
 SPLITS = ["refcoco-val", "refcoco-testA", "refcocog-val"]

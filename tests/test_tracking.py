@@ -26,7 +26,10 @@ from rescue_eval.io.tracking import (RUN_ID_FILE, WandbTracker, artifact_name, g
                                      summary_scalars, tracker_for)
 from rescue_eval.core.types import IGNORE, Sample
 from tests.helpers import item_key, logged_table, read_offline_run, wandb_records
-from tests.test_tracking_live import INTERVAL_S, append, line, rec
+from tests.helpers import LIVE_INTERVAL_S as INTERVAL_S
+from tests.helpers import append_results as append
+from tests.helpers import result_line as line
+from tests.helpers import result_record as rec
 
 pytestmark = pytest.mark.unit
 

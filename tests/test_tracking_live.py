@@ -3,39 +3,22 @@ incremental reader of the result files every rank appends, and the logging threa
 recording double of `run.log` (test_tracking.py reads the points back from an offline run)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from rescue_eval.io.live import LiveLogger, ResultTail, live_point
+from tests.helpers import LIVE_INTERVAL_S as INTERVAL_S
+from tests.helpers import append_results as append
+from tests.helpers import result_line as line
+from tests.helpers import result_record as rec
 
 pytestmark = pytest.mark.unit
 
-INTERVAL_S = 0.05  # seconds between live points in tests
 WAIT_S = 20.0  # how long a test waits for the thread, far beyond INTERVAL_S on a busy machine
-
-
-def rec(sample_id: str, iou: float | None, inter: int = 0, union: int = 0, failure: str | None = None) -> dict:
-    """A result line as the job writes it (fields the points ignore included)."""
-    return {"id": sample_id, "iou": iou, "intersection": inter, "union": union,
-            "oracle_iou": None if iou is None else min(1.0, iou + 0.25), "failure": failure,
-            "hypotheses": [{"raw_text": "..."}], "sweep": {"1": {}, "4": {}}}
-
-
-def line(record: dict) -> bytes:
-    return (json.dumps(record) + "\n").encode()
-
-
-def append(out: Path, rank: int, data: bytes) -> None:
-    path = out / "results" / f"rank-{rank}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        f.write(data)
 
 
 class Recorder:
