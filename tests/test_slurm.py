@@ -6,8 +6,6 @@ Skipped where SLURM is not installed, unless RESCUE_EVAL_REQUIRE_SLURM=1 (CI), w
 """
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,51 +15,21 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SCORES, scores
+from tests.slurm import ROOT, SBATCH_SCRIPT, SKIP, WHY, job_state, local_cluster, run, until
 
 pytestmark = pytest.mark.slurm
 
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCHERS = ROOT / "launchers" / "slurm"
-SBATCH_SCRIPT = LAUNCHERS / "rescue.sbatch"
-DEMO_ARGS = ("--config", "configs/demo.yaml", "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false")
-
-
-def _missing_slurm() -> list[str]:
-    return [b for b in ("sbatch", "scontrol", "slurmctld", "slurmd", "munged")
-            if not shutil.which(b) and not Path("/usr/sbin", b).exists()]
-
-
-MISSING = _missing_slurm()
-WHY = f"SLURM is not installed (missing {', '.join(MISSING)}; apt-get install munge slurmctld slurmd slurm-client)"
-if MISSING and os.environ.get("RESCUE_EVAL_REQUIRE_SLURM") != "1":
+if SKIP:
     pytest.skip(WHY, allow_module_level=True)
 
-
-def _run(cmd, env, timeout, check=True, **kw):
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+DEMO_ARGS = ("--config", "configs/demo.yaml", "--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false")
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """Environment for SLURM's clients pointing at a fresh cluster; the cluster is stopped after."""
-    if MISSING:  # and RESCUE_EVAL_REQUIRE_SLURM=1: every test here fails with this message
-        pytest.fail(f"RESCUE_EVAL_REQUIRE_SLURM=1 but {WHY}", pytrace=False)
-    cluster = tmp_path_factory.mktemp("slurm")
-    script = str(LAUNCHERS / "local_cluster.sh")
-    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"}
-    try:
-        t0 = time.monotonic()
-        proc = _run([script, "start", str(cluster)], env, timeout=120, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"local SLURM cluster did not start:\n{proc.stderr[-6000:]}", pytrace=False)
-        conf = re.search(r"^export SLURM_CONF=(\S+)$", proc.stdout, re.M).group(1)
-        print(f"cluster up in {time.monotonic() - t0:.1f} s: {conf}")
-        yield {**env, "SLURM_CONF": conf}
-    finally:
-        _run([script, "stop", str(cluster)], env, timeout=180, check=False)
+    """Environment for SLURM's clients pointing at a fresh single-node cluster."""
+    with local_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +45,7 @@ def slurm_demo(slurm, cache, tmp_path_factory):
     out, log = tmp / "slurm-out", tmp / "job.log"
     env = {**slurm, "NPROC_PER_NODE": "2", "PYTHON": sys.executable, "RESCUE_EVAL_CACHE": cache}
     t0 = time.monotonic()
-    proc = _run(["sbatch", "--wait", f"--output={log}", "--job-name=rescue-demo", str(SBATCH_SCRIPT),
+    proc = run(["sbatch", "--wait", f"--output={log}", "--job-name=rescue-demo", str(SBATCH_SCRIPT),
                  *DEMO_ARGS, "--output", str(out)], env, timeout=1200, check=False)
     print(f"sbatch --wait: exit {proc.returncode} after {time.monotonic() - t0:.1f} s")
     return out, proc, log.read_text() if log.exists() else "(no job log)"
@@ -97,7 +65,7 @@ def test_demo_job_runs_to_completion(slurm_demo):
 
 def run_torchrun(env: dict, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     """The same evaluation as the SLURM job, under plain torchrun on this machine."""
-    return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                  "-m", "rescue_eval", "run", *DEMO_ARGS, "--output", str(out)], env, timeout=1200)
 
 
@@ -132,23 +100,6 @@ time.sleep(600)
 """
 
 
-def _job(env, jid) -> dict:
-    """JobState and Restarts of a job; {} once the controller has forgotten it."""
-    proc = _run(["scontrol", "show", "job", jid], env, timeout=30, check=False)
-    return dict(re.findall(r"\b(JobState|Restarts|Reason)=(\S+)", proc.stdout))
-
-
-def _until(what, predicate, timeout):
-    t0 = time.monotonic()
-    while time.monotonic() < t0 + timeout:
-        value = predicate()
-        if value:
-            print(f"  {what}: {time.monotonic() - t0:.1f} s")
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_usr1_requeues_and_the_job_runs_again_while_scancel_stays_a_cancel(slurm, tmp_path):
     stub, stub_log, job_log = tmp_path / "python", tmp_path / "stub.jsonl", tmp_path / "job.log"
     stub.write_text(STUB.format(python=sys.executable))
@@ -156,7 +107,7 @@ def test_usr1_requeues_and_the_job_runs_again_while_scancel_stays_a_cancel(slurm
     env = {**slurm, "PYTHON": str(stub), "STUB_LOG": str(stub_log), "NPROC_PER_NODE": "2",
            "TORCHRUN_MAX_RESTARTS": "3"}
     env.pop("MASTER_PORT", None)
-    jid = _run(["sbatch", "--parsable", f"--output={job_log}", "--job-name=rescue-preempt", str(SBATCH_SCRIPT),
+    jid = run(["sbatch", "--parsable", f"--output={job_log}", "--job-name=rescue-preempt", str(SBATCH_SCRIPT),
                 "--config", "configs/demo.yaml", "--output", str(tmp_path / "out")], env, timeout=30).stdout.strip()
     jid = jid.split(";")[0]
 
@@ -165,7 +116,7 @@ def test_usr1_requeues_and_the_job_runs_again_while_scancel_stays_a_cancel(slurm
         return [e for e in map(json.loads, lines) if e["event"] == kind and e["restart"] == restart]
 
     try:
-        first = _until("the job to start", lambda: events("start", 0), 60)[0]
+        first = until("the job to start", lambda: events("start", 0), 60)[0]
         # What each node's task runs: torchrun (via PYTHON -m torch.distributed.run) -> rescue_eval run
         assert first["argv"] == [
             "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--rdzv_backend=c10d",
@@ -174,29 +125,29 @@ def test_usr1_requeues_and_the_job_runs_again_while_scancel_stays_a_cancel(slurm
         assert first["cwd"] == str(ROOT) and first["pythonpath"].split(":")[0] == str(ROOT)
 
         # The warning SLURM sends before the time limit (--signal=B:USR1@120), sent by hand.
-        _run(["scancel", "--signal=USR1", "--batch", jid], env, timeout=30)
+        run(["scancel", "--signal=USR1", "--batch", jid], env, timeout=30)
         seen = set()
 
         def requeued():
-            job = _job(env, jid)
+            job = job_state(env, jid)
             seen.add(job.get("JobState"))
             return job.get("Restarts") == "1" and job.get("JobState") in ("PENDING", "REQUEUED", "CONFIGURING", "RUNNING")
-        _until("the job to be requeued", requeued, 30)
-        _until("the first run's ranks to get TERM", lambda: events("term", 0), 30)
+        until("the job to be requeued", requeued, 30)
+        until("the first run's ranks to get TERM", lambda: events("term", 0), 30)
         # Requeued jobs wait cred_expire (10 s on the test cluster) before they may start again.
-        _until("the requeued job to run again", lambda: events("start", 1), 90)
-        assert _job(env, jid).get("Restarts") == "1"
+        until("the requeued job to run again", lambda: events("start", 1), 90)
+        assert job_state(env, jid).get("Restarts") == "1"
 
         # A user's scancel: the TERM trap must not requeue it.
-        _run(["scancel", jid], env, timeout=30)
-        _until("the cancelled job to end", lambda: _job(env, jid).get("JobState") in (None, "CANCELLED"), 60)
+        run(["scancel", jid], env, timeout=30)
+        until("the cancelled job to end", lambda: job_state(env, jid).get("JobState") in (None, "CANCELLED"), 60)
         # the trap decides, and says so, before the batch shell exits: no later requeue can follow
-        _until("the trap's decision on TERM", lambda: "not requeueing" in job_log.read_text(), 30)
-        job = _job(env, jid)
+        until("the trap's decision on TERM", lambda: "not requeueing" in job_log.read_text(), 30)
+        job = job_state(env, jid)
         assert job.get("JobState") in (None, "CANCELLED") and job.get("Restarts", "1") == "1", job
         assert job_log.read_text().count(f"requeued job {jid}") == 1 and not events("start", 2)
     finally:
-        _run(["scancel", jid], env, timeout=30, check=False)
+        run(["scancel", jid], env, timeout=30, check=False)
 
     log = job_log.read_text()
     assert "caught SIGUSR1" in log and f"requeued job {jid}" in log
