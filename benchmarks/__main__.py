@@ -30,7 +30,7 @@ READING = """How to read them (the module docstrings have the details):
   once per host and sample) and masks for the hosted model. CPU time here is measured in
   place, on 2 shared cores where 4 ranks take turns: the same JPEG decodes in 0.2 ms in a
   tight loop and 0.7-0.9 ms inside the run."""
-ITEMS = ("1", "2", "3", "4", "5", "6")
+ITEMS = ("1", "2", "3", "4", "5", "6", "7")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -107,6 +107,11 @@ def main(argv: list[str]) -> int:
 
         log("item 6: the demo with tiny models")
         rows += real_models.run(args.demo_repeats, log)
+    if "7" in args.only:
+        from benchmarks import startup
+
+        log("item 7: start-up of a many-rank job")
+        rows += startup.run(args.demo_repeats, log)
     log(f"took {time.perf_counter() - start:.0f} s")
     print("\n" + text_table(rows))
     if args.write_results:
