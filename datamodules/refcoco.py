@@ -90,7 +90,7 @@ def annotation_mask(segmentation: object, height: int, width: int) -> np.ndarray
         else:
             raise TypeError(f"segmentation is a {type(segmentation).__name__}")
         decoded = coco_mask.decode(rles)
-    except (TypeError, ValueError, KeyError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pycocotools raises a bare Exception on a malformed polygon
         raise RowError(f"annotation_invalid: {describe(exc)}") from exc
     if decoded.ndim == 3:
         decoded = decoded.any(axis=2)
@@ -154,9 +154,10 @@ class RefCocoDataset(Dataset):
             annotation = self.annotations.get(ref.get("ann_id"))
             if annotation is None:
                 raise RowError(f"annotation_missing: ann_id {ref.get('ann_id')} is not in instances.json")
-            entry = self.images.get(ref.get("image_id"))
-            if entry is None or not isinstance(ref.get("image_id"), int):
-                raise RowError(f"image_missing: image_id {ref.get('image_id')} is not in instances.json")
+            image_id = ref.get("image_id")
+            entry = self.images.get(image_id) if isinstance(image_id, int) else None
+            if entry is None:
+                raise RowError(f"image_missing: image_id {image_id!r} is not in instances.json")
             path = self._image_path(ref["image_id"])
             sample.meta["path"] = str(path)
             image_bytes = read_inside(path, self.boundary, "image_missing", "image_unreadable")

@@ -16,6 +16,9 @@ def check_loading_info(role: str, checkpoint: str, info: dict) -> None:
                          f"--{role}.checkpoint at a checkpoint of that role, or pick the role's matching backend.")
 
 
+QWEN3_VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")  # the planner and judge backends load either
+
+
 def check_model_type(key: str, spec: str, resolved: str, expected: tuple[str, ...]) -> None:
     """A checkpoint of another role (a SigLIP2 folder given to the executor) is one sentence
     before any model loads. `resolved` is a local folder or a hub id; a hub checkpoint not yet

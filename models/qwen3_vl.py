@@ -19,7 +19,7 @@ from PIL import Image
 
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
-from rescue_eval.models.loading import check_loading_info, opens_thinking
+from rescue_eval.models.loading import QWEN3_VL_MODEL_TYPES, check_loading_info, opens_thinking
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, check_plan_settings, duel_request,
                                              fit_image, plan_rows, rate_request, to_hypothesis)
@@ -164,7 +164,7 @@ class Qwen3VLPlanner:
     """Planner: item.n box hypotheses per item; hypothesis k uses strategy k % len(strategies),
     temperature (k // len(strategies)) % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
 
-    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
+    model_types = QWEN3_VL_MODEL_TYPES  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
@@ -197,7 +197,7 @@ class Qwen3VLJudge:
     checkpoint the answer is what follows </think>; reasoning cut short by max_new_tokens is an
     unusable answer, counted (the hybrid score decides)."""
 
-    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
+    model_types = QWEN3_VL_MODEL_TYPES  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 16, structured_output: bool = True, max_batch: int = 16,

@@ -44,7 +44,7 @@ from PIL import Image
 
 from rescue_eval.models.parsing import parse_rating, parse_verdict
 from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
-from rescue_eval.models.loading import opens_thinking
+from rescue_eval.models.loading import QWEN3_VL_MODEL_TYPES, opens_thinking
 from rescue_eval.models.qwen3_vl import Generation
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, PlanRow, check_plan_settings,
@@ -207,7 +207,7 @@ class VLLMPlanner:
     """Planner: item.n box hypotheses per item, all of a batch in one LLM.chat call (vLLM batches
     them itself, and prefix caching shares each image's prompt prefix between its hypotheses)."""
 
-    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
+    model_types = QWEN3_VL_MODEL_TYPES  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cuda", dtype: str = "bfloat16", max_new_tokens: int = 64,
                  structured_output: bool = True, tensor_parallel_size: int = 1,
@@ -234,7 +234,7 @@ class VLLMPlanner:
 class VLLMJudge:
     """Judge: greedy answers about masks drawn in red on the image."""
 
-    model_types = ("qwen3_vl", "qwen3_vl_moe")  # config.json model_type of the checkpoints it loads
+    model_types = QWEN3_VL_MODEL_TYPES  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cuda", dtype: str = "bfloat16", max_new_tokens: int = 16,
                  structured_output: bool = True, tensor_parallel_size: int = 1,

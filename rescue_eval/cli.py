@@ -77,6 +77,9 @@ def cmd_report(argv: list[str]) -> int:
     if (args.output / "suite.json").exists():
         from rescue_eval.suite import rebuild_suite
 
+        if args.data_root:
+            raise UsageError(f"{args.output} is a suite, whose splits have roots of their own: rebuild a moved "
+                             f"split with `rescue-eval report {args.output}/SPLIT --data.root PATH`.")
         rebuild_suite(args.output)
         print(f"wrote {args.output}/suite.json and {args.output}/suite.md, and each split's report")
         return 0
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rescue-eval: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal: one line is enough
+        if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # every rank gets the signal
             print("rescue-eval: interrupted; every finished sample is kept: rerun the same command to resume.",
                   file=sys.stderr, flush=True)
         sys.stdout.flush()

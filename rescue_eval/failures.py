@@ -14,13 +14,17 @@ def retry_selector(policy: str):
     return lambda rec: False
 
 
+MIN_FAILURES = 3  # a rerun of a few samples must be able to finish with one that keeps failing
+
+
 class TransientStop:
     """Stops the job when more than `share` of this rank's first `window` new samples (or of all
-    it has, if fewer) failed for the same transient reason: a service that is down would
-    otherwise be scored as a split of zeros. Those samples are written, and retried by the rerun."""
+    it has, if fewer), and at least MIN_FAILURES, failed for the same transient reason: a service
+    that is down would otherwise be scored as a split of zeros. Those samples are written, and
+    retried by the rerun."""
 
     def __init__(self, share: float, window: int, todo: int):
-        self.limit, self.window = share * min(window, todo), window
+        self.limit, self.window = max(share * min(window, todo), MIN_FAILURES - 0.5), window
         self.seen, self.counts = 0, {}
 
     def check(self, rec: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,9 @@ from rescue_eval.core.search import SearchSettings
 from rescue_eval.io.report import write_report
 from rescue_eval.io.results import load_records
 from rescue_eval.io.summary import environment, now_iso, previous_attempts, total_timing, write_summary
+
+
+CREDENTIALS = re.compile(r"://[^/@\s]*@")  # user:password@ in a URL of the command line, kept out of the summary
 
 
 def prepare_output(out: Path, cfg: Config) -> None:
@@ -120,7 +124,8 @@ def write_results(cfg: Config, out: Path, ids: list[str], dataset, summary: dict
     for g in per_rank:
         for k, v in g["stages"].items():
             stages[k] = stages.get(k, 0.0) + v
-    attempt = {"started_at": started_at, "ended_at": now_iso(), "command": sys.argv, "world_size": len(per_rank),
+    attempt = {"started_at": started_at, "ended_at": now_iso(), "command": [CREDENTIALS.sub("://", a) for a in sys.argv],
+               "world_size": len(per_rank),
                "roles": role_stats,
                "timing": {"wall_s": wall, "new_samples": new, "samples_per_s": new / wall if wall > 0 else 0.0,
                           "mean_stage_s": {k: v / max(new, 1) for k, v in stages.items()}}}
@@ -172,7 +177,6 @@ def rebuild(out: Path, data_root: str | None = None) -> dict:
             metrics.update_record(records[sample_id])
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary = {**previous, **metrics.compute(), **record_counts(records[i] for i in ids if i in records)}
-    summary = with_config_counts(summary, config_counts(records, ids))
     summary.setdefault("dataset", dataset_entry(cfg, ids, dataset))
     summary.setdefault("mode", cfg.verifier.mode)
     summary.setdefault("siglip_scaling", cfg.verifier.siglip_scaling)

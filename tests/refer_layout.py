@@ -54,7 +54,7 @@ def _segmentation(kind: str, seed: int):
 def write_refer_layout(root: Path, name: str = "refcoco", sentences: int = 2, broken: bool = False) -> Path:
     """ROOT/refer_seg/<name>/ with a ref of each kind in every split of the dataset, `sentences`
     per ref. `broken` adds, in `val`, a ref whose annotation is missing, one whose image file is
-    missing and one with a blank sentence. Returns ROOT."""
+    missing, one with a blank sentence and one whose polygon is malformed. Returns ROOT."""
     split_by, splits = SPLITS[name]
     folder = root / "refer_seg" / name
     images_dir = root / "refer_seg/images/mscoco/images/train2014"
@@ -64,7 +64,8 @@ def write_refer_layout(root: Path, name: str = "refcoco", sentences: int = 2, br
     next_sent = 1000
     base = 100 * (1 + list(SPLITS).index(name))  # the datasets share the images folder, as COCO's do
     for s, split in enumerate(splits):
-        kinds = KINDS + (("missing_annotation", "missing_image", "blank_sentence") if broken and split == "val" else ())
+        kinds = KINDS + (("missing_annotation", "missing_image", "blank_sentence", "malformed_polygon")
+                         if broken and split == "val" else ())
         for k, kind in enumerate(kinds):
             image_id, ann_id, ref_id = base + 10 * s + k, 50 * base + 10 * s + k, base // 2 + 10 * s + k
             file_name = f"COCO_train2014_{image_id:012d}.jpg"
@@ -72,7 +73,8 @@ def write_refer_layout(root: Path, name: str = "refcoco", sentences: int = 2, br
             if kind != "missing_image":
                 (images_dir / file_name).write_bytes(_image(image_id))
             if kind != "missing_annotation":
-                segmentation = _segmentation(kind if kind in KINDS else "polygon", image_id)
+                segmentation = ([[1.0, 2.0, 3.0]] if kind == "malformed_polygon"  # fewer than 3 points: pycocotools raises
+                                else _segmentation(kind if kind in KINDS else "polygon", image_id))
                 annotations.append({"id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": int("rle" in kind),
                                     "segmentation": segmentation, "area": 0.0, "bbox": [0.0, 0.0, 1.0, 1.0]})
             sents = []

@@ -47,9 +47,10 @@ def test_every_sentence_of_every_split_is_a_sample_with_its_annotation_mask(refe
 def test_broken_refs_are_failed_samples_with_reasons(refer_root):
     dataset = RefCocoDataset(refer_root, "refcoco", "val", "unc")
     reasons = sorted(s.error.split(":")[0] for s in (dataset[i] for i in range(len(dataset))) if s.error)
-    # a missing annotation and a missing image fail both sentences of their ref, a blank sentence itself only
-    assert reasons == ["annotation_missing"] * 2 + ["image_missing"] * 2 + ["text_empty"]
-    assert len(dataset) == 2 * (len(KINDS) + 3)
+    # a missing annotation, a malformed one and a missing image fail both sentences of their ref, a
+    # blank sentence itself only
+    assert reasons == ["annotation_invalid"] * 2 + ["annotation_missing"] * 2 + ["image_missing"] * 2 + ["text_empty"]
+    assert len(dataset) == 2 * (len(KINDS) + 4)
 
 
 @pytest.mark.unit
@@ -105,8 +106,8 @@ def test_an_evaluation_on_refcoco_scores_what_its_predictions_say(cli_env, refer
     assert proc.stdout.count("note: planner, executor, scorer, judge use tiny random-weight checkpoints") == 2
     summary = json.loads((out / "summary.json").read_text())
     recs = records(out)
-    assert len(recs) == summary["n_samples"] == 2 * (len(KINDS) + 3)
-    assert summary["failures"] == {"bad_input": 5}
+    assert len(recs) == summary["n_samples"] == 2 * (len(KINDS) + 4)
+    assert summary["failures"] == {"bad_input": 7}
     intersections, unions, ious = [], [], []
     for rec in recs:
         assert set(rec["source"]) == {"ref_id", "sent_id", "image_id", "ann_id"}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rescue_eval.core.errors import FatalError
+from rescue_eval.core.errors import FatalError, UsageError
 from rescue_eval.dist.rpc import free_port
 from rescue_eval.failures import TransientStop, retry_selector
 from rescue_eval.io.results import load_records, set_aside
@@ -40,6 +40,14 @@ def test_set_aside_moves_the_selected_records_to_the_attempts_log(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_damaged_results_file_is_one_sentence_naming_it(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/rank-0.jsonl").write_text(json.dumps(record(0)) + "\nnot json\n")
+    with pytest.raises(UsageError, match=r"rank-0.jsonl line 2 is not a result record"):
+        set_aside(tmp_path, retry_selector("transient"))
+
+
+@pytest.mark.unit
 def test_transient_stop_counts_one_reason_within_the_window():
     stop = TransientStop(share=0.2, window=50, todo=16)  # limit 3.2: the 4th transient failure stops
     for i in range(3):
@@ -48,6 +56,9 @@ def test_transient_stop_counts_one_reason_within_the_window():
     stop.check(record(4, "judge_error", True))  # another reason counts apart
     with pytest.raises(FatalError, match="4 of the first 6 samples failed with executor_error"):
         stop.check(record(5, "executor_error", True))
+    few = TransientStop(share=0.2, window=50, todo=2)  # a rerun of two samples, both failing again, finishes
+    few.check(record(0, "executor_error", True))
+    few.check(record(1, "executor_error", True))
     late = TransientStop(share=0.2, window=2, todo=100)
     late.check(record(0))
     late.check(record(1))
@@ -118,8 +129,11 @@ def test_a_forced_resume_with_another_config_is_reported_as_mixed(tmp_path, cli_
     assert sorted(summary["configs"].values()) == [6, 10]
     assert next(iter(summary)) == "warning" and summary["warning"].startswith("MIXED CONFIGS")
     assert "MIXED CONFIGS" in (out / "report.md").read_text()
-    cli(cli_env, "report", str(out))  # the rebuilt summary says so as well
-    assert json.loads((out / "summary.json").read_text())["configs"] == summary["configs"]
+    (out / "summary.json").unlink()  # as after a crash: the rebuilt summary says so as well, with its notes
+    cli(cli_env, "report", str(out))
+    rebuilt = json.loads((out / "summary.json").read_text())
+    assert rebuilt["configs"] == summary["configs"] and rebuilt["notes"][0].startswith("MIXED CONFIGS")
+    assert any("tiny random-weight" in note for note in rebuilt["notes"])
 
 
 @pytest.mark.cli

@@ -28,8 +28,12 @@ def answer_request(servers: dict[str, RoleServer], decoded: DecodedCache, role: 
     whichever thread finishes it; never raises (a lost reply would leave the caller waiting)."""
     try:
         items = unpack(packed, decoded)
+        future = servers[role].submit(method, items)
     except ImageNotCached as exc:
         reply(("resend", str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - a request this host cannot take: that sample's error
+        reply(("error", (f"{type(exc).__name__}: {exc}", False)))
         return
 
     def done(future):
@@ -39,7 +43,7 @@ def answer_request(servers: dict[str, RoleServer], decoded: DecodedCache, role: 
             answer = ("error", (f"{type(exc).__name__}: {exc}", is_transient(exc)))
         reply(answer)
 
-    servers[role].submit(method, items).add_done_callback(done)
+    future.add_done_callback(done)
 
 
 class RemoteRole:

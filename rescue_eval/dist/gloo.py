@@ -35,6 +35,7 @@ REQUEST_TAG = 1
 REPLY_TAG = 1 << 16
 SLOTS = 4096  # requests in flight from one rank
 CALL, BYE = 0, 1  # header kinds: a request, or "this rank calls no more"
+IDLE_HOST_TIMEOUT = timedelta(days=365)
 
 
 def as_tensor(data: bytes) -> torch.Tensor:
@@ -47,7 +48,9 @@ class GlooTransport:
         calls this, in the same order, as c10d requires."""
         self.rank, self.world = rank, world
         self.timeout = timedelta(seconds=settings.rpc_timeout_s)
-        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=settings.timeout_s))
+        # every call's wait passes rpc_timeout_s itself; the group's own timeout bounds only a
+        # host's wait for its next request, which lasts as long as the job, however long that is
+        self.group = dist.new_group(backend="gloo", timeout=IDLE_HOST_TIMEOUT)
         self.servers: dict[str, RoleServer] = {}
         self.decoded = DecodedCache()
         self.slots: queue.Queue[int] = queue.Queue()
@@ -66,12 +69,16 @@ class GlooTransport:
         return RemoteRole(role, hosts, self._call)
 
     def stop(self) -> None:
-        """Tell every rank this one calls no more, and serve until every rank has said so."""
+        """Tell every rank this one calls no more, and serve until every rank has said so. The
+        results are written by now: a rank gone at this point costs a warning, not the job."""
         for other in range(self.world):
             if other != self.rank:
-                with self.send_locks[other]:
-                    self.group.send([torch.tensor([0, 0, BYE])], other, REQUEST_TAG).wait(self.timeout)
-        self.listener.join()
+                try:
+                    with self.send_locks[other]:
+                        self.group.send([torch.tensor([0, 0, BYE])], other, REQUEST_TAG).wait(self.timeout)
+                except RuntimeError as exc:
+                    log.warning("gloo transport: rank %d did not take this rank's goodbye (%s)", other, exc)
+        self.listener.join(timeout=self.timeout.total_seconds())
         self.repliers.shutdown(wait=True)
 
     def abort(self) -> None:
@@ -112,9 +119,13 @@ class GlooTransport:
                     continue
                 payload = torch.empty(size, dtype=torch.uint8)
                 self.group.recv([payload], source, REQUEST_TAG).wait(self.timeout)
-                role, method, packed = pickle.loads(payload.numpy().tobytes())
-                answer_request(self.servers, self.decoded, role, method, packed,
-                               lambda answer, source=source, slot=slot: self._submit_reply(source, slot, answer))
+                reply = lambda answer, source=source, slot=slot: self._submit_reply(source, slot, answer)  # noqa: E731
+                try:
+                    role, method, packed = pickle.loads(payload.numpy().tobytes())
+                except Exception as exc:  # noqa: BLE001 - answered as that request's error, the host goes on
+                    reply(("error", (f"{type(exc).__name__}: {exc}", False)))
+                    continue
+                answer_request(self.servers, self.decoded, role, method, packed, reply)
         except RuntimeError as exc:  # a rank gone: its callers' own waits fail and name it
             log.debug("gloo transport: rank %d stops serving (%s)", self.rank, exc)
 

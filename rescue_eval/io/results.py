@@ -58,11 +58,17 @@ def set_aside(out: Path, retry) -> dict[str, int]:
     for path in sorted(results_dir(out).glob("rank-*.jsonl")):
         repair_torn_tail(path)
         keep, retried = [], []
-        for line in path.read_bytes().splitlines(keepends=True):
-            rec = json.loads(line)
-            (retried if retry(rec) else keep).append(line)
-            if retried and retried[-1] is line:
+        for number, line in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise UsageError(f"{path} line {number} is not a result record; remove that line (or restore the "
+                                 f"file) and rerun.") from None
+            if retry(rec):
+                retried.append(line)
                 moved[rec["failure"]] = moved.get(rec["failure"], 0) + 1
+            else:
+                keep.append(line)
         if not retried:
             continue
         with open(attempts, "ab") as f:
