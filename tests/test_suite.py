@@ -64,10 +64,12 @@ def test_a_suite_interrupted_and_resumed_equals_its_splits_run_alone(cli_env, su
 
 
 @pytest.mark.torchrun
-def test_a_suite_under_torchrun_balances_ranks_across_splits(cli_env, suite, one_process, tmp_path):
+@pytest.mark.parametrize("transport", ["rpc", "gloo"])
+def test_a_suite_under_torchrun_balances_ranks_across_splits(cli_env, suite, one_process, tmp_path, transport):
     root, path = suite
     out = tmp_path / "w2"
-    ok(torchrun(cli_env, 2, out, "--suite", str(path), "--data.root", str(root), "--data.limit", "7"))
+    ok(torchrun(cli_env, 2, out, "--suite", str(path), "--data.root", str(root), "--data.limit", "7",
+                "--placement.executor=[1]", transport=transport))
     per_rank = [sum(len((out / s / "results" / f"rank-{r}.jsonl").read_text().splitlines()) for s in SPLITS)
                 for r in (0, 1)]
     assert sorted(per_rank) == [10, 11]  # one shard over 21 samples, not 4 + 4 + 4 against 3 + 3 + 3
