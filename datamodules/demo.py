@@ -172,5 +172,5 @@ class DemoDataModule(ReasonSegDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:  # resolve the cache now, not at construction: the environment may change
-            self.root = str(ensure_demo_set(self.demo_root))  # already there after prepare_data
+            self.args = (str(ensure_demo_set(self.demo_root)), *self.args[1:])  # there after prepare_data
         super().setup(stage)

@@ -1,4 +1,5 @@
-"""Reading one dataset row's files: never outside the dataset root, never raising past the reader.
+"""Reading one dataset row's files: never outside the dataset root, never raising past the reader;
+and the DataModule every reader is served by (`ReaderDataModule`).
 
 Every problem becomes a `RowError` whose message starts with a short reason ("image_missing: ...").
 The readers store that message in `Sample.error`; the sample is then scored as a failure and
@@ -20,7 +21,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning as L
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from rescue_eval.core.types import decode_image_bytes
 
@@ -72,3 +75,25 @@ def decode_checked(image_bytes: bytes) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise RowError(f"image_empty: the image is {image.width}x{image.height} pixels")
     return image
+
+
+class ReaderDataModule(L.LightningDataModule):
+    """A DataModule around a reader (a Dataset class) and its arguments. `prepare_data` (rank 0)
+    reads the index once, so a wrong root is one sentence before any model loads; `setup` (every
+    rank) reads it into `self.dataset`."""
+
+    def __init__(self, reader: type, *args):
+        super().__init__()
+        self.reader, self.args = reader, args
+        self.dataset: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        self.reader(*self.args)  # raises UsageError naming the fix
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = self.reader(*self.args)
+
+    def predict_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.dataset, batch_size=1, collate_fn=list)

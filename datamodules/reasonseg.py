@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 import cv2
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from rescue_eval.datamodules.images import RowError, decode_checked, describe, read_inside, real_folder
+from rescue_eval.datamodules.images import ReaderDataModule, RowError, decode_checked, describe, read_inside, real_folder
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.types import IGNORE, Sample
 
@@ -191,30 +190,12 @@ class ReasonSegFolderDataset(Dataset):
         return sample
 
 
-class ReasonSegDataModule(L.LightningDataModule):
+class ReasonSegDataModule(ReaderDataModule):
     """ReasonSeg in LISA's folder format; `ReasonSegParquetDataModule` reads Seg-Zero's parquet.
-
-    `prepare_data` (rank 0) checks the files once, so a wrong root is one sentence before any
-    model loads; `setup` (every rank) reads the split's index into `self.dataset`. `fraction` < 1
-    evaluates a deterministic random subset (see `select_fraction`).
-    """
+    `fraction` < 1 evaluates a deterministic random subset (see `select_fraction`)."""
 
     reader: type = ReasonSegFolderDataset
 
     def __init__(self, root: str, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
-        super().__init__()
         check_fraction(fraction)  # fail at configuration time, before any model loads
-        self.root, self.split = root, split
-        self.fraction, self.fraction_seed = fraction, fraction_seed
-        self.dataset: Dataset | None = None
-
-    def prepare_data(self) -> None:
-        self.reader(self.root, self.split, self.fraction, self.fraction_seed)  # raises UsageError naming the fix
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:
-            self.dataset = self.reader(self.root, self.split, self.fraction, self.fraction_seed)
-
-    def predict_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self.dataset, batch_size=1, collate_fn=list)
+        super().__init__(self.reader, root, split, fraction, fraction_seed)

@@ -21,15 +21,14 @@ import json
 import pickle
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from pycocotools import mask as coco_mask
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.types import Sample
 from rescue_eval.datamodules import SPLIT_BY
-from rescue_eval.datamodules.images import RowError, decode_checked, describe, read_inside, real_folder
+from rescue_eval.datamodules.images import ReaderDataModule, RowError, decode_checked, describe, read_inside, real_folder
 from rescue_eval.datamodules.reasonseg import check_fraction, gt_warnings, select_fraction
 
 IMAGES = Path("refer_seg/images/mscoco/images/train2014")
@@ -137,7 +136,7 @@ class RefCocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _image_path(self, image_id: object) -> Path:
+    def image_path(self, image_id: object) -> Path:
         entry = self.images.get(image_id, {})
         return self.image_folder / entry.get("file_name", f"COCO_train2014_{image_id:012d}.jpg")
 
@@ -158,7 +157,7 @@ class RefCocoDataset(Dataset):
             entry = self.images.get(image_id) if isinstance(image_id, int) else None
             if entry is None:
                 raise RowError(f"image_missing: image_id {image_id!r} is not in instances.json")
-            path = self._image_path(ref["image_id"])
+            path = self.image_path(ref["image_id"])
             sample.meta["path"] = str(path)
             image_bytes = read_inside(path, self.boundary, "image_missing", "image_unreadable")
             image = decode_checked(image_bytes)
@@ -174,7 +173,7 @@ class RefCocoDataset(Dataset):
         return sample
 
 
-class RefCocoDataModule(L.LightningDataModule):
+class RefCocoDataModule(ReaderDataModule):
     """One of the refer datasets (`name`: refcoco, refcoco+ or refcocog), one split.
     `split_by` None: the dataset's usual one (unc; umd for refcocog)."""
 
@@ -182,24 +181,11 @@ class RefCocoDataModule(L.LightningDataModule):
 
     def __init__(self, root: str, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0,
                  split_by: str | None = None):
-        super().__init__()
         check_fraction(fraction)
         split_by = split_by or SPLIT_BY[self.name][0]
         if split_by not in SPLIT_BY[self.name]:
             raise UsageError(f"data.split_by {split_by!r} does not exist for {self.name}; use one of {list(SPLIT_BY[self.name])}.")
-        self.args = (root, self.name, split, split_by, fraction, fraction_seed)
-        self.dataset: RefCocoDataset | None = None
-
-    def prepare_data(self) -> None:
-        RefCocoDataset(*self.args)  # raises UsageError naming the fix
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:
-            self.dataset = RefCocoDataset(*self.args)
-
-    def predict_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self.dataset, batch_size=1, collate_fn=list)
+        super().__init__(RefCocoDataset, root, self.name, split, split_by, fraction, fraction_seed)
 
 
 class RefCocoPlusDataModule(RefCocoDataModule):
@@ -236,7 +222,7 @@ def check_layout(root: str | Path, name: str) -> tuple[list[str], bool]:
             complete = False
             continue
         needed = {ref.get("image_id") for ref, _ in dataset.rows}
-        present = sum(dataset._image_path(i).exists() for i in needed if isinstance(i, int))
+        present = sum(dataset.image_path(i).exists() for i in needed if isinstance(i, int))
         refs = len({ref.get("ref_id") for ref, _ in dataset.rows})
         lines.append(f"{name} ({split_by}) val: {len(dataset)} sentences of {refs} refs; "
                      f"{present} of {len(needed)} images present")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rescue_eval.core.metrics import CIOU_EPS
-from rescue_eval.io.results import results_dir
+from rescue_eval.io.results import complete_lines_from, results_dir
 
 log = logging.getLogger("rescue_eval")
 
@@ -43,15 +43,11 @@ class ResultTail:
             # a rerun set failed records aside by rewriting the file: records read before may be gone
             self.read_to, self.records = {}, {}
         for path, stat in files.items():
-            offset = self.read_to.get(path, (stat.st_ino, 0))[1]
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            complete = chunk.rfind(b"\n") + 1
-            for line in chunk[:complete].splitlines():
+            lines, end = complete_lines_from(path, self.read_to.get(path, (stat.st_ino, 0))[1])
+            for line in lines:
                 record = json.loads(line)
                 self.records[record["id"]] = {k: record.get(k) for k in RECORD_FIELDS}
-            self.read_to[path] = (stat.st_ino, offset + complete)
+            self.read_to[path] = (stat.st_ino, end)
         return self.records
 
     def replaced(self, path: Path, stat) -> bool:

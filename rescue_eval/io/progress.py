@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rescue_eval.io.results import results_dir
+from rescue_eval.io.results import complete_lines_from, results_dir
 
 
 class JobProgress:
@@ -54,10 +54,6 @@ class JobProgress:
         new = 0
         for path, offset in self._others.items():
             if path.exists():
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                complete = chunk.rfind(b"\n") + 1  # a line still being written is counted next time
-                new += chunk.count(b"\n", 0, complete)
-                self._others[path] = offset + complete
+                lines, self._others[path] = complete_lines_from(path, offset)
+                new += len(lines)
         return new

@@ -82,6 +82,17 @@ def set_aside(out: Path, retry) -> dict[str, int]:
     return moved
 
 
+def complete_lines_from(path: Path, offset: int) -> tuple[list[bytes], int]:
+    """The complete lines of `path` after byte `offset`, and the offset after them: a line still
+    being written is left for the next look (the progress bar and the live W&B points tail the
+    rank files this way while the ranks append)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk.rfind(b"\n") + 1
+    return chunk[:complete].splitlines(), offset + complete
+
+
 def repair_torn_tail(path: Path) -> None:
     """Cut an unterminated last line (a write interrupted by a crash)."""
     if not path.exists() or path.stat().st_size == 0:
