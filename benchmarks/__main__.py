@@ -30,7 +30,7 @@ READING = """How to read them (the module docstrings have the details):
   once per host and sample) and masks for the hosted model. CPU time here is measured in
   place, on 2 shared cores where 4 ranks take turns: the same JPEG decodes in 0.2 ms in a
   tight loop and 0.7-0.9 ms inside the run."""
-ITEMS = ("1", "2", "3", "4", "5", "6", "7")
+ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sequential-samples", type=int, default=12, help="samples of the sequential loop (item 2)")
     p.add_argument("--image-size", type=int, default=0,
                    help="items 1-3 on the demo scenes resized to this square size (0: their own 320x240)")
+    p.add_argument("--planner-shape", choices=("twin", "qwen3-vl-8b"), default="twin",
+                   help="item 8's model: the tiny twin, or the twin with Qwen3-VL-8B's layer sizes (for a GPU)")
+    p.add_argument("--device", default="cpu", help="item 8's device, e.g. cuda")
     p.add_argument("--write-results", action="store_true", help=f"rewrite {RESULTS.name} with this run")
     args = p.parse_args(argv)
     args.only = {i.strip() for i in args.only.split(",")}
@@ -59,7 +62,8 @@ def machine() -> str:
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     import torch
 
-    return (f"{os.cpu_count()} cores ({model}), {memory_gb:.0f} GB RAM, no GPU; Linux {platform.release()}, "
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} cores ({model}), {memory_gb:.0f} GB RAM, {gpu}; Linux {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}; load average at start "
             f"{os.getloadavg()[0]:.1f} (other jobs share the cores when above 0)")
 
@@ -112,6 +116,11 @@ def main(argv: list[str]) -> int:
 
         log("item 7: start-up of a many-rank job")
         rows += startup.run(args.demo_repeats, log)
+    if "8" in args.only:
+        from benchmarks import planner_prefill
+
+        log("item 8: the transformers planner, shared prefix against whole-prompt rows")
+        rows += planner_prefill.run(args.repeats, log, args.planner_shape, args.device)
     log(f"took {time.perf_counter() - start:.0f} s")
     print("\n" + text_table(rows))
     if args.write_results:

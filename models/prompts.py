@@ -58,10 +58,16 @@ BOX_FORMAT = (f'Answer only with JSON: {{"bbox_2d": [x1, y1, x2, y2]}}, integer 
 
 
 def plan_messages(query: str, strategy: str) -> list[dict]:
-    """One image (the photo), then the query with the strategy's instruction."""
+    """One image (the photo), then the query, the answer format and the strategy's instruction."""
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown planner strategy {strategy!r}; choose from {list(STRATEGIES)}.")
-    text = f"Query: {query}\n{STRATEGIES[strategy]}\n{BOX_FORMAT}"
+    return plan_conversation(query, STRATEGIES[strategy])
+
+
+def plan_conversation(query: str, instruction: str) -> list[dict]:
+    """The instruction comes last: what a sample's N prompts share (image, query, format) is then
+    one prefix, prefilled once per sample (models/shared_prefix.py, vLLM's prefix caching)."""
+    text = f"Query: {query}\n{BOX_FORMAT}\n{instruction}"
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 

@@ -18,11 +18,12 @@ from typing import Sequence
 from PIL import Image
 
 from rescue_eval.models.parsing import parse_rating, parse_verdict
-from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, plan_messages
+from rescue_eval.models.prompts import DUEL_SCHEMA, PLAN_SCHEMA, RATE_SCHEMA, STRATEGIES, plan_messages
+from rescue_eval.models.shared_prefix import PrefixedRow, generate_after_prefixes, item_groups, split_plan_prompt
 from rescue_eval.models.loading import QWEN3_VL_MODEL_TYPES, check_loading_info, opens_thinking
 from rescue_eval.models.tiny import resolve_checkpoint
 from rescue_eval.models.vlm_requests import (JUDGE_MAX_PIXELS, PLANNER_MAX_PIXELS, check_plan_settings, duel_request,
-                                             fit_image, plan_rows, rate_request, to_hypothesis)
+                                             fit_image, plan_rows, PlanRow, rate_request, to_hypothesis)
 from rescue_eval.core.types import DuelItem, Hypothesis, JudgeAnswer, PlanItem, RateItem
 
 
@@ -85,23 +86,30 @@ class LoadedVLM:
                  max_new_tokens: int, schema: dict | None, sampler=None) -> list[Generation]:
         """One batched generate call; images[i] fill the {"type": "image"} parts of conversation i."""
         import torch
-        from transformers import LogitsProcessorList
-        from xgrammar.contrib.hf import LogitsProcessor as GrammarLogitsProcessor
 
         with self.lock, torch.inference_mode():
             texts = [self.processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                      for c in conversations]
             inputs = self.processor(text=texts, images=[im for row in images for im in row],
                                     padding=True, return_tensors="pt").to(self.device)
-            # The grammar masks disallowed tokens to -inf first, so the sampler picks only allowed ones.
-            processors = LogitsProcessorList()
-            if schema is not None:
-                processors.append(GrammarLogitsProcessor(self.grammar(schema)))  # single use per call
-            if sampler is not None:
-                processors.append(sampler)
-            # Explicit greedy settings override sampling defaults a real checkpoint ships with.
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                         repetition_penalty=1.0, logits_processor=processors)
+            return self.continue_prompts(inputs, max_new_tokens, schema, sampler)
+
+    def continue_prompts(self, inputs: dict, max_new_tokens: int, schema: dict | None, sampler=None,
+                         **cache) -> list[Generation]:
+        """generate() on prepared inputs (the caller holds the lock); `cache` is a key/value cache
+        already holding the first tokens of every row."""
+        from transformers import LogitsProcessorList
+        from xgrammar.contrib.hf import LogitsProcessor as GrammarLogitsProcessor
+
+        # The grammar masks disallowed tokens to -inf first, so the sampler picks only allowed ones.
+        processors = LogitsProcessorList()
+        if schema is not None:
+            processors.append(GrammarLogitsProcessor(self.grammar(schema)))  # single use per call
+        if sampler is not None:
+            processors.append(sampler)
+        # Explicit greedy settings override sampling defaults a real checkpoint ships with.
+        output = self.model.generate(**inputs, **cache, max_new_tokens=max_new_tokens, do_sample=False,
+                                     repetition_penalty=1.0, logits_processor=processors)
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         return [Generation(self._decode(tokens), int(n_in), self._count_until_stop(tokens))
@@ -162,34 +170,61 @@ class GumbelSampler:
 
 class Qwen3VLPlanner:
     """Planner: item.n box hypotheses per item; hypothesis k uses strategy k % len(strategies),
-    temperature (k // len(strategies)) % len(temperatures) and seed hypothesis_seed(item.seed, k)."""
+    temperature (k // len(strategies)) % len(temperatures) and seed hypothesis_seed(item.seed, k).
+
+    share_prefix (default): the image and query are prefilled once per item and the N strategy
+    suffixes decoded from copies of that cache (models/shared_prefix.py); the answers are those
+    of whole-prompt rows (share_prefix false), which prefill the image N times."""
 
     model_types = QWEN3_VL_MODEL_TYPES  # config.json model_type of the checkpoints it loads
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 64, structured_output: bool = True, max_batch: int = 16,
                  strategies: Sequence[str] | None = None, temperatures: Sequence[float] = (0.3, 0.7, 1.0),
-                 max_pixels: int = PLANNER_MAX_PIXELS, device_map: str | None = None):
+                 max_pixels: int = PLANNER_MAX_PIXELS, device_map: str | None = None, share_prefix: bool = True):
         self.vlm = load_shared(checkpoint, device, dtype, device_map)
         self.max_pixels = max_pixels
         self.max_new_tokens = max_new_tokens
         self.schema = PLAN_SCHEMA if structured_output else None
         self.max_batch = max_batch
         self.strategies, self.temperatures = check_plan_settings(strategies, temperatures)
+        self.share_prefix = share_prefix
 
     def propose(self, batch: list[PlanItem]) -> list[list[Hypothesis]]:
         rows = plan_rows(batch, self.strategies, self.temperatures)
         images = [fit_image(item.image, self.max_pixels) for item in batch]  # once per item
+        generate = self._after_shared_prefixes if self.share_prefix else self._whole_rows
         results: list[list[Hypothesis]] = [[] for _ in batch]
+        for row, g in zip(rows, generate(batch, rows, images)):
+            results[row.item].append(to_hypothesis(row, batch[row.item].image, g.text, g.tokens_in, g.tokens_out))
+        return results
+
+    def _whole_rows(self, batch: list[PlanItem], rows: list[PlanRow], images: list[Image.Image]) -> list[Generation]:
+        generations = []
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start:start + self.max_batch]
-            sampler = GumbelSampler([row.seed for row in chunk], [row.temperature for row in chunk])
-            generations = self.vlm.generate(
-                [plan_messages(batch[row.item].query, row.strategy) for row in chunk],
-                [[images[row.item]] for row in chunk], self.max_new_tokens, self.schema, sampler)
-            for row, g in zip(chunk, generations):
-                results[row.item].append(to_hypothesis(row, batch[row.item].image, g.text, g.tokens_in, g.tokens_out))
-        return results
+            generations += self.vlm.generate([plan_messages(batch[row.item].query, row.strategy) for row in chunk],
+                                             [[images[row.item]] for row in chunk], self.max_new_tokens,
+                                             self.schema, row_sampler(chunk))
+        return generations
+
+    def _after_shared_prefixes(self, batch: list[PlanItem], rows: list[PlanRow],
+                               images: list[Image.Image]) -> list[Generation]:
+        generations = []
+        for group in item_groups(rows, self.max_batch):
+            items = list(dict.fromkeys(row.item for row in group))
+            position = {item: i for i, item in enumerate(items)}
+            heads, tails = zip(*(split_plan_prompt(self.vlm.processor, batch[i].query) for i in items))
+            prefixed = [PrefixedRow(position[row.item], STRATEGIES[row.strategy] + tails[position[row.item]])
+                        for row in group]
+            generations += generate_after_prefixes(
+                self.vlm, list(heads), [images[i] for i in items], prefixed, self.max_batch, self.max_new_tokens,
+                self.schema, lambda chunk, group=group: row_sampler([group[i] for i in chunk]))
+        return generations
+
+
+def row_sampler(rows: list[PlanRow]) -> GumbelSampler:
+    return GumbelSampler([row.seed for row in rows], [row.temperature for row in rows])
 
 
 class Qwen3VLJudge:

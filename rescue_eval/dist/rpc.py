@@ -5,6 +5,7 @@ TensorPipe is in maintenance mode upstream; everything RPC-specific stays here, 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -21,6 +22,20 @@ def worker_name(rank: int) -> str:
     return f"rank{rank}"
 
 
+@contextlib.contextmanager
+def own_store_for_rpc():
+    """RPC's tcp:// rendezvous with rank 0 hosting its store. torch < 2.14 takes torchrun's
+    TORCHELASTIC_USE_AGENT_STORE to mean that the agent hosts a store at any address, so every
+    rank waits as a client of a store nobody hosts (seen on torch 2.11; 2.14 checks the address,
+    torch/distributed/rendezvous.py _agent_store_serves)."""
+    flag = os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    try:
+        yield
+    finally:
+        if flag is not None:
+            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = flag
+
+
 class RpcTransport:
     def start(self, store, rank: int, world: int, settings: DistConfig) -> None:
         """RPC has no store argument: it rendezvous on a fresh port that rank 0 publishes
@@ -35,7 +50,8 @@ class RpcTransport:
                                                   init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}",
                                                   _transports=["uv"], _channels=["basic"])
         try:
-            rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
+            with own_store_for_rpc():
+                rpc.init_rpc(worker_name(rank), rank=rank, world_size=world, rpc_backend_options=options)
         except RuntimeError as exc:
             interface = os.environ.get("TP_SOCKET_IFNAME", "the one the hostname resolves to")
             raise TransportError(f"RPC could not start on rank {rank} (rendezvous {os.environ['MASTER_ADDR']}:{port}, "

@@ -44,6 +44,18 @@ def test_qwen3_vl_planner_and_judge_in_bfloat16():
     assert rating.value is not None and verdict.value in ("A", "B")
 
 
+def test_the_shared_prefix_planner_answers_as_whole_rows_on_cuda():
+    """Greedy and sampled rows of two samples, one prefilled once each, against whole prompts, in
+    float32: in bfloat16 whole-prompt rows themselves change with the batch's shapes, and some of
+    these rows differed on the H200 (tests/gpu/RESULTS.md)."""
+    from rescue_eval.models.qwen3_vl import Qwen3VLPlanner
+
+    items = [PlanItem(scene(1), "the red rectangle", n=8, seed=3), PlanItem(scene(2), "the left one", n=20, seed=4)]
+    answers = [Qwen3VLPlanner("tiny:qwen3-vl", device=DEVICE, dtype="float32", max_new_tokens=32, share_prefix=flag,
+                              temperatures=(0.0, 0.7)).propose(items) for flag in (True, False)]
+    assert answers[0] == answers[1]
+
+
 def test_the_moe_thinking_judge_loads_on_cuda():
     from transformers import Qwen3VLMoeForConditionalGeneration
 
@@ -55,15 +67,23 @@ def test_the_moe_thinking_judge_loads_on_cuda():
     assert answer.tokens_out > 0
 
 
-def test_sam3_tracker_in_bfloat16_matches_float32_on_cpu():
-    from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter
+def test_sam3_tracker_on_cuda_matches_cpu(monkeypatch):
+    """The low-resolution logits on CUDA against CPU's in float32, and masks in bfloat16. Masks in
+    bfloat16 cannot be compared with float32's on the twin: its random logits are about 1e-5, so
+    rounding flips them about the threshold (half of one box's pixels on the H200 and on CPU)."""
+    from rescue_eval.models import sam3_tracker
 
+    logits = []
+    fill_holes = sam3_tracker.fill_holes
+    monkeypatch.setattr(sam3_tracker, "fill_holes", lambda low_res: logits.append(low_res) or fill_holes(low_res))
     boxes = [(80.0, 60.0, 240.0, 180.0), (10.0, 10.0, 60.0, 50.0)]
-    [on_gpu] = Sam3TrackerSegmenter("tiny:sam3-tracker", device=DEVICE, dtype="bfloat16").segment(
+    for device in (DEVICE, "cpu"):
+        sam3_tracker.Sam3TrackerSegmenter("tiny:sam3-tracker", device=device).segment([SegmentItem(scene(), boxes)])
+    on_gpu, on_cpu = logits
+    assert on_gpu.shape == on_cpu.shape and (on_gpu - on_cpu).abs().max() <= 0.01 * on_cpu.abs().max()
+    [masks] = sam3_tracker.Sam3TrackerSegmenter("tiny:sam3-tracker", device=DEVICE, dtype="bfloat16").segment(
         [SegmentItem(scene(), boxes)])
-    [on_cpu] = Sam3TrackerSegmenter("tiny:sam3-tracker").segment([SegmentItem(scene(), boxes)])
-    assert [m.shape for m in on_gpu] == [(240, 320)] * 2
-    assert all((a == b).mean() > 0.95 for a, b in zip(on_gpu, on_cpu))
+    assert [(m.shape, m.dtype) for m in masks] == [((240, 320), np.dtype(bool))] * 2
 
 
 def test_siglip2_in_bfloat16_matches_float32_on_cpu():
