@@ -5,6 +5,9 @@ submit small requests - one sample's boxes, one sample's candidates. The batcher
 requests for the same method until `max_batch` items or `max_wait_s`, makes one backend call,
 and hands each request its own slice of the answers. A merged call that raises is retried
 request by request, so an error stays with the request (and sample) that caused it.
+
+Answers are delivered by a second thread: a request's completion packs and sends its answer
+to another rank, and the model should not wait for that before its next batch.
 """
 from __future__ import annotations
 
@@ -35,8 +38,11 @@ class RoleServer:
         self.requests = self.batches = 0
         self.busy_s = self.queue_wait_s = 0.0
         self.started = time.perf_counter()
+        self._deliveries: queue.SimpleQueue[tuple[_Request, list] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"role-{name}", daemon=True)
+        self._delivery_thread = threading.Thread(target=self._deliver, name=f"role-{name}-answers", daemon=True)
         self._thread.start()
+        self._delivery_thread.start()
 
     def submit(self, method: str, items: list) -> Future:
         """Queue a request; blocks while the queue is full (back-pressure on the drivers)."""
@@ -53,6 +59,8 @@ class RoleServer:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self._deliveries.put(None)
+        self._delivery_thread.join(timeout=30)
 
     def stats(self) -> dict:
         wall = time.perf_counter() - self.started
@@ -106,7 +114,7 @@ class RoleServer:
                 raise RuntimeError(f"{self.name}.{method} returned {len(answers)} answers")
             offset = 0
             for r in batch:
-                r.future.set_result(answers[offset:offset + len(r.items)])
+                self._deliveries.put((r, answers[offset:offset + len(r.items)]))
                 offset += len(r.items)
         except Exception as exc:  # noqa: BLE001 - retried per request below, or passed to the caller
             if len(batch) == 1:
@@ -121,6 +129,11 @@ class RoleServer:
             self.busy_s += time.perf_counter() - start
             self.batches += 1
             self.requests += sum(len(r.items) for r in batch)
+
+    def _deliver(self) -> None:
+        while (delivery := self._deliveries.get()) is not None:
+            request, answers = delivery
+            request.future.set_result(answers)
 
 
 class LocalRole:
