@@ -100,6 +100,7 @@ class PlannerConfig(VLMConfig):
         dedup_iou: a box with a higher IoU than this with an earlier one is a duplicate (it keeps its vote)
         gt_jitter: gt_box backend: box corners moved by up to this share of the box size
         max_pixels: images larger than this are scaled down before planning (original: 1024 px)
+        share_prefix: transformers: the image and query prefilled once per sample and the N strategy suffixes decoded from that cache (false: whole prompts, the image N times)
     """
 
     backend: PlannerBackend = "transformers"
@@ -110,6 +111,7 @@ class PlannerConfig(VLMConfig):
     dedup_iou: float = 0.9
     gt_jitter: float = 0.1
     max_pixels: int = 1024 * 1024
+    share_prefix: bool = True
 
 
 @dataclass

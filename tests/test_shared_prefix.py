@@ -92,3 +92,14 @@ def test_item_groups_keep_items_whole():
     groups = item_groups(plan_rows(items, list(STRATEGIES), [0.0]), MAX_BATCH)
     assert [[row.item for row in group] for group in groups] == [
         [0] * 8 + [1], [2] * 20, [3] * 3, [4] * 16, [6] * 2]
+
+
+def test_share_prefix_is_a_key_of_the_transformers_planner_only():
+    from rescue_eval.core.errors import UsageError
+    from rescue_eval.models import adapter_kwargs
+    from rescue_eval.sections import PlannerConfig
+
+    assert adapter_kwargs("planner", PlannerConfig())["share_prefix"] is True
+    assert adapter_kwargs("planner", PlannerConfig(share_prefix=False))["share_prefix"] is False
+    with pytest.raises(UsageError, match="planner.share_prefix is set but planner.backend vllm does not use it"):
+        adapter_kwargs("planner", PlannerConfig(backend="vllm", share_prefix=False))
