@@ -68,6 +68,26 @@ def test_a_mask_is_encoded_once_per_process_and_decoded_once_per_host(monkeypatc
         received[0].flags.writeable = True  # and it stays so
 
 
+def test_a_local_backends_mask_is_encoded_once_once_frozen_and_a_writable_one_every_time(monkeypatch):
+    """A colocated executor's masks never cross the wire: the search freezes them, so they too
+    are encoded once however often they are sent and recorded; a writable mask may change, so
+    its RLE is never kept."""
+    encodes = []
+    real_encode = masks_mod.coco_mask.encode
+    monkeypatch.setattr(masks_mod.coco_mask, "encode", lambda a: encodes.append(1) or real_encode(a))
+    writable = np.random.default_rng(0).random((60, 80)) < 0.3
+    frozen = masks_mod.freeze(writable)
+    assert frozen is not writable and np.array_equal(frozen, writable) and masks_mod.freeze(frozen) is frozen
+    for _ in range(3):
+        pack([frozen])
+        masks_mod.encode_rle(frozen)
+    assert len(encodes) == 1
+    before = masks_mod.encode_rle(writable)
+    writable[0, :] = ~writable[0, :]
+    after = masks_mod.encode_rle(writable)
+    assert before != after and masks_mod.decode_rle(after).tolist() == writable.tolist() and len(encodes) == 3
+
+
 def test_an_answer_that_cannot_be_packed_comes_back_as_that_requests_error():
     """Packing happens in a callback whose exceptions torch would swallow (the caller would wait
     for the RPC timeout): the host answers with the error instead."""

@@ -18,9 +18,9 @@ from rescue_eval.core.types import IGNORE, Box
 UNION_EPS = 1e-5  # LISA: iou = intersection / (union + 1e-5)
 
 
-# The RLE of every mask that decode_rle made and that is still alive. Those arrays are read-only,
-# so their RLE cannot go stale: a mask that came over the wire is sent on and recorded without
-# being encoded again (a sample's masks cross several times: scorer, judge ratings, duels, JSONL).
+# The RLE of every read-only mask that was decoded or encoded here and is still alive. Such an
+# array cannot change, so its RLE cannot go stale: a sample's masks cross several times (scorer,
+# judge ratings, duels, JSONL) and are encoded once (`freeze` makes a backend's masks read-only).
 _KNOWN_RLE: dict[int, tuple[weakref.ref, dict]] = {}
 
 
@@ -30,7 +30,10 @@ def encode_rle(mask: np.ndarray) -> dict:
     if known is not None and known[0]() is mask:
         return known[1]
     rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    rle = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    if _frozen(mask):
+        _remember(mask, rle)
+    return rle
 
 
 def decode_rle(rle: dict) -> np.ndarray:
@@ -38,20 +41,50 @@ def decode_rle(rle: dict) -> np.ndarray:
     owner = coco_mask.decode([{"size": rle["size"], "counts": rle["counts"].encode("ascii")}])  # h x w x 1
     owner.flags.writeable = False  # then no view of it can be made writable again
     mask = owner[:, :, 0].view(bool)  # 0/1 bytes viewed as bool: no second copy
+    _remember(mask, rle)
+    return mask
+
+
+def freeze(mask) -> np.ndarray:
+    """A bool mask that nothing can change (a read-only copy unless it already is one), so that
+    its RLE is encoded once however often it is sent or recorded."""
+    if isinstance(mask, np.ndarray) and mask.dtype == bool and _frozen(mask):
+        return mask
+    frozen = np.array(mask, dtype=bool)  # a copy that owns its data
+    frozen.flags.writeable = False
+    return frozen
+
+
+def _frozen(mask: np.ndarray) -> bool:
+    return not mask.flags.writeable and (mask.base is None or not getattr(mask.base, "flags", mask.flags).writeable)
+
+
+def _remember(mask: np.ndarray, rle: dict) -> None:
     key = id(mask)
     # the entry goes when the array does, before its id can be reused
     _KNOWN_RLE[key] = (weakref.ref(mask, lambda _, key=key: _KNOWN_RLE.pop(key, None)), rle)
-    return mask
 
 
 def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     """Foreground intersection and union; gt pixels labelled 255 count in neither (LISA)."""
-    valid = gt != IGNORE
-    target = (gt == 1) & valid
-    pred = pred.astype(bool) & valid
-    inter = int(np.count_nonzero(pred & target))
-    union = int(np.count_nonzero(pred)) + int(np.count_nonzero(target)) - inter
-    return inter, union
+    return GroundTruth(gt).intersection_union(pred)
+
+
+class GroundTruth:
+    """A ground-truth mask's parts computed once, for scoring the candidates of a sample."""
+
+    def __init__(self, gt: np.ndarray):
+        valid = gt != IGNORE
+        self.valid = None if valid.all() else valid  # most masks have no ignore pixels
+        self.target = (gt == 1) & valid
+        self.target_area = int(np.count_nonzero(self.target))
+
+    def intersection_union(self, pred: np.ndarray) -> tuple[int, int]:
+        pred = pred.astype(bool, copy=False)
+        if self.valid is not None:
+            pred = pred & self.valid
+        inter = int(np.count_nonzero(pred & self.target))
+        return inter, int(np.count_nonzero(pred)) + self.target_area - inter
 
 
 def sample_iou(inter: int, union: int) -> float:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rescue_eval.core.errors import FatalError, is_transient
-from rescue_eval.core.masks import box_iou, encode_rle, intersection_union, iou_rows, mask_box, sample_iou
+from rescue_eval.core.masks import (GroundTruth, box_iou, encode_rle, freeze, intersection_union, iou_rows, mask_box,
+                                    sample_iou)
 from rescue_eval.core.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
 from rescue_eval.core.agreement import PrefixAgreement
 from rescue_eval.core.selection import JudgeMemo, VerifierSettings, select_sweep, stable_seed, strategy
@@ -147,7 +148,7 @@ def search_sample(sample: Sample, roles: Roles, settings: SearchSettings) -> dic
         masks = w.stage("execute", "executor", roles.executor.segment,
                         SegmentItem(w.image, [h.box for h in w.hypotheses]))
         if masks is not None:
-            w.masks = [np.asarray(m, dtype=bool) for m in masks]
+            w.masks = [freeze(m) for m in masks]  # read-only: each encoded to RLE once
     if not w.failed:
         scores = w.stage("score", "scorer", roles.scorer.score, ScoreItem(w.image, w.masks, sample.query))
         if scores is not None:
@@ -199,8 +200,8 @@ def fail(record: dict, reason: str, message: str, transient: bool = False) -> No
 def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     """Score every candidate against the ground truth (for the record and the oracle only, never
     for choosing) and run the verifier for each N of the sweep on the first N hypotheses."""
-    gt = w.sample.gt_mask
-    rles = [encode_rle(m) for m in w.masks]  # free for masks that came over the wire
+    gt = GroundTruth(w.sample.gt_mask) if w.sample.gt_mask is not None else None
+    rles = [encode_rle(m) for m in w.masks]  # encoded once per mask, and not at all for masks from the wire
     # candidates are in hypothesis order, so the first N hypotheses' candidates are a prefix
     duplicates = [h for h in w.all_hypotheses if h.status == "duplicate"]
     agree = PrefixAgreement(iou_rows(rles), {n: votes(w.hypotheses, duplicates, n) for n in settings.sweep})
@@ -210,7 +211,7 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
         candidate = {"index": h.index, "box": list(h.box), "strategy": h.strategy, "mask": rles[p],
                      "siglip": w.siglip[p], "agreement": float(with_all[p])}
         if gt is not None:
-            inter, union = intersection_union(mask, gt)
+            inter, union = gt.intersection_union(mask)
             candidate.update(intersection=inter, union=union, iou=sample_iou(inter, union))
         w.record["candidates"].append(candidate)
     memo = None

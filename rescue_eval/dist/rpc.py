@@ -6,6 +6,7 @@ TensorPipe is in maintenance mode upstream; everything RPC-specific stays here, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 
@@ -40,6 +41,7 @@ class RpcTransport:
     def start(self, store, rank: int, world: int, settings: DistConfig) -> None:
         """RPC has no store argument: it rendezvous on a fresh port that rank 0 publishes
         through the process group's store (a fresh port per torchrun restart round)."""
+        _worker_info.cache_clear()  # of an earlier job in this process
         if rank == 0:
             store.set("rpc_port", str(free_port()))
         port = int(store.get("rpc_port"))
@@ -95,4 +97,10 @@ def _serve(role: str, method: str, packed: bytes) -> torch.futures.Future:
 
 
 def _send(target: int, role: str, method: str, packed: bytes) -> tuple:
-    return rpc.rpc_sync(worker_name(target), _serve, args=(role, method, packed))
+    return rpc.rpc_sync(_worker_info(target), _serve, args=(role, method, packed))
+
+
+@functools.lru_cache(maxsize=None)
+def _worker_info(rank: int):
+    """Looked up once: a lookup by name on every call costs as much as packing a small request."""
+    return rpc.get_worker_info(worker_name(rank))
