@@ -23,14 +23,17 @@ from benchmarks.table import Row, markdown
 RESULTS = Path(__file__).with_name("RESULTS.md")
 READING = """How to read them (the module docstrings have the details):
 - Item 1: the ideal bound takes each role's items per sample from the records of the samples
-  finished in the same steady window as the throughput; ticks are 0.2 s apart, so a ratio is
-  good to about 1-2%.
+  finished in the same steady window as the throughput, so a run can read a little above 1;
+  with 160 samples per run the ratio spread over 0.93-1.08 here, with 480 over 0.98-1.02.
 - Item 3: the target is on the driver (this rank's own samples: search, requests packed and
   sent, answers unpacked, JSONL, metrics). The whole rank adds serving its role to the other
   ranks in the dedicated layout: unpickling their requests and decoding their images (JPEG,
   once per host and sample) and masks for the hosted model. CPU time here is measured in
   place, on 2 shared cores where 4 ranks take turns: the same JPEG decodes in 0.2 ms in a
-  tight loop and 0.7-0.9 ms inside the run."""
+  tight loop and 0.7-0.9 ms inside the run, and one process's search of a sample costs about
+  1 ms of CPU on its own (synthetic roles called directly) against 3-5 ms inside the run.
+- Item 6: each repeat runs the sequential baseline (one rank, one sample in flight) first, then
+  the layouts; the ratios are taken within a repeat."""
 ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
