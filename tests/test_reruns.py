@@ -104,9 +104,11 @@ def test_a_failed_start_leaves_no_obstacle_to_its_fix(tmp_path, cli_env):
 @pytest.mark.cli
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_env):
     out = tmp_path / "out"
+    # one sample in flight: the samples finish one by one, so the signal lands mid-run (with every
+    # sample in flight they finish together and the job can end before the signal is sent)
     proc = subprocess.Popen([sys.executable, "-m", "rescue_eval", "run", "--output", str(out), "--max_n", "4",
-                             "--run.progress", "false", "--wandb.enabled", "false"], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--run.parallel_requests", "1", "--run.progress", "false", "--wandb.enabled", "false"],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "results").exists() or not load_records(out):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -115,7 +117,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, cli_env):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("rescue-eval: interrupted; every finished sample is kept")
-    assert load_records(out)
+    assert 0 < len(load_records(out)) < 16  # interrupted mid-run, the finished samples kept
 
 
 @pytest.mark.cli
