@@ -72,10 +72,10 @@ def generate_after_prefixes(vlm, prefixes: list[str], images: list[Image.Image],
         generations = []
         for start in range(0, len(rows), max_batch):
             chunk = range(start, min(start + max_batch, len(rows)))
-            which = torch.tensor([rows[i].prefix for i in chunk], device=inputs["input_ids"].device)
+            which = torch.tensor([rows[i].prefix for i in chunk])  # on the CPU: it indexes tensors on every device
             cache = copy.deepcopy(prefix_cache)
             cache.batch_select_indices(which)
-            vlm.model.base_model.rope_deltas = rope_deltas[which.to(rope_deltas.device)]
+            vlm.model.base_model.rope_deltas = rope_deltas[which]
             chunk_inputs = append_suffixes(inputs, which, [suffix_ids[i] for i in chunk], pad_id)
             generations += vlm.continue_prompts(chunk_inputs, max_new_tokens, schema, sampler_for(chunk),
                                                 **{cache_key: cache})
