@@ -10,6 +10,7 @@ batch, and every row can have its own temperature. generate() itself runs greedy
 """
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class LoadedVLM:
         self.device = self.model.device if device_map else device  # inputs go where the embeddings are
         eos = self.model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
         self.stop_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        # the key/value cache's keyword and output field: `cache` from transformers 5.2x, `past_key_values` before
+        self.cache_keyword = ("cache" if "cache" in inspect.signature(self.model.forward).parameters
+                              else "past_key_values")
         # One generate() at a time, even when a planner and a judge sharing this model are served
         # from different threads: the model keeps per-call state (rope_deltas), the tokenizer
         # its padding settings, and the grammar cache is filled lazily.

@@ -9,8 +9,8 @@ decodes with the row's seed and temperature.
 
 A row sees the very tokens, at the very positions, of its whole prompt: suffixes are left-padded
 to the chunk's longest, and that padding (between prefix and suffix) is masked and skipped by
-the positions, as left padding is in per-row generation. tests/test_qwen3_vl.py compares the
-two, greedy and sampled. Library facts used (transformers 5.16-5.24): a cache passed to
+the positions, as left padding is in per-row generation. tests/test_shared_prefix.py compares
+the two, greedy and sampled. Library facts used (transformers 5.16-5.24): a cache passed to
 generate() holds the first tokens of input_ids, which are not fed again; Qwen3-VL continues a
 cached prompt at text positions + `base_model.rope_deltas` (one delta per row, set by the
 prefill); the keyword is `cache` from 5.2x, `past_key_values` before.
@@ -18,7 +18,6 @@ prefill); the keyword is `cache` from 5.2x, `past_key_values` before.
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 from typing import Callable, NamedTuple
 
@@ -64,8 +63,7 @@ def generate_after_prefixes(vlm, prefixes: list[str], images: list[Image.Image],
 
     with vlm.lock, torch.inference_mode():
         inputs = vlm.processor(text=prefixes, images=images, padding=True, return_tensors="pt").to(vlm.device)
-        cache_key = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
-        prefix_cache = getattr(vlm.model(**inputs, use_cache=True), cache_key)
+        prefix_cache = getattr(vlm.model(**inputs, use_cache=True), vlm.cache_keyword)
         rope_deltas = vlm.model.base_model.rope_deltas
         suffix_ids = vlm.processor.tokenizer([row.suffix for row in rows], add_special_tokens=False)["input_ids"]
         pad_id = vlm.processor.tokenizer.pad_token_id
@@ -78,7 +76,7 @@ def generate_after_prefixes(vlm, prefixes: list[str], images: list[Image.Image],
             vlm.model.base_model.rope_deltas = rope_deltas[which]
             chunk_inputs = append_suffixes(inputs, which, [suffix_ids[i] for i in chunk], pad_id)
             generations += vlm.continue_prompts(chunk_inputs, max_new_tokens, schema, sampler_for(chunk),
-                                                **{cache_key: cache})
+                                                **{vlm.cache_keyword: cache})
         return generations
 
 

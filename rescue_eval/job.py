@@ -49,12 +49,13 @@ def run(cfg: Config, out: Path, suite: list[tuple[Config, Path]] | None = None) 
     remote = me.distributed and bool(dedicated(cfg.placement, needed_roles(cfg)))
     transport = make_transport(cfg.dist.transport if remote else "local")
     servers: dict = {}
-    roles_by_rank = layout(cfg.placement, needed_roles(cfg), me.world)
+    nodes = None
     if me.distributed:
         store = launch.init_process_group(me, cfg.dist.timeout_s)
         nodes = launch.gather(socket.gethostname(), me.world)
-        roles_by_rank = layout(cfg.placement, needed_roles(cfg), me.world, nodes)
         transport.start(store, me.rank, me.world, cfg.dist)
+    roles_by_rank = layout(cfg.placement, needed_roles(cfg), me.world, nodes)
+    if me.distributed:
         explain_termination(me.rank, roles_by_rank)
     try:
         summary = _run_rank(cfg, Path(out), me, servers, transport, suite)

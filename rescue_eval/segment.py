@@ -58,7 +58,7 @@ def segment_image(cfg: Config, image_path: Path, query: str, out: Path) -> dict:
     mask = decode_rle(record["prediction"]) if record["prediction"] else np.zeros((image.height, image.width), bool)
     record["note"] = prediction_note(record, int(np.count_nonzero(mask)), cfg.planner.max_n)
     Image.fromarray(mask.astype(np.uint8) * 255).save(out / "mask.png")
-    segment_picture(image, record, cfg.planner.max_n).save(out / "overlay.png")
+    segment_picture(image, record, mask, cfg.planner.max_n).save(out / "overlay.png")
     (out / "candidates.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record
 
@@ -81,12 +81,12 @@ def candidate_tag(candidate: dict, hybrid: float | None, chosen: bool) -> str:
     return " ".join([f"#{candidate['index']}" + (" chosen" if chosen else "")] + [f"{k}{v:.2f}" for k, v in scores])
 
 
-def segment_picture(image: Image.Image, record: dict, max_n: int) -> Image.Image:
-    """overlay.png (see the module's docstring)."""
+def segment_picture(image: Image.Image, record: dict, mask: np.ndarray, max_n: int) -> Image.Image:
+    """overlay.png (see the module's docstring); `mask` is the record's prediction, decoded."""
     shown = image.convert("RGB")
     width = line_width(shown.size)
     if record["prediction"] is not None:
-        shown = contour(shown, decode_rle(record["prediction"]), PRED_COLOR, width)
+        shown = contour(shown, mask, PRED_COLOR, width)
     entry = record["sweep"][str(max_n)]
     chosen = entry["chosen"] if record["failure"] is None else None
     hybrid = entry.get("hybrid", [])

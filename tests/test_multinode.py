@@ -12,13 +12,12 @@ import pytest
 
 from rescue_eval.dist.launch import NETWORK_VARIABLES
 from rescue_eval.io.results import load_records
-from tests.helpers import cli, decisions, records, scores
+from tests.helpers import TORCHRUN_ARGS, cli, decisions, records, scores
 from tests.netns import cluster
 
 pytestmark = pytest.mark.torchrun
 
-ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false",
-        "--dist.rpc_timeout_s", "120"]  # a network mistake fails the test in minutes, not half an hour
+ARGS = [*TORCHRUN_ARGS, "--dist.rpc_timeout_s", "120"]  # a network mistake fails the test in minutes, not half an hour
 ROLES = ("planner", "executor", "scorer", "judge")
 DEDICATED = [f"--placement.{role}=[{k}]" for k, role in enumerate(ROLES)]  # ranks 0, 1 on node0; 2, 3 on node1
 

@@ -94,13 +94,19 @@ def interface_towards(host: str) -> tuple[str, str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((address, 9))
         local = probe.getsockname()[0]
+    for name, address in _ipv4_interfaces():
+        if address == local:
+            return name, local
+    raise OSError(f"no interface holds {local}, the local address of the route to {host}")
+
+
+def _ipv4_interfaces():
+    """(name, IPv4 address) of every interface that has one."""
     for _, name in socket.if_nameindex():
         try:
-            if _ipv4_of(name) == local:
-                return name, local
+            yield name, _ipv4_of(name)
         except OSError:  # no IPv4 address on it
             continue
-    raise OSError(f"no interface holds {local}, the local address of the route to {host}")
 
 
 def _ipv4_of(interface: str) -> str:
@@ -119,11 +125,7 @@ def outward_interface() -> tuple[str, str]:
         return interface_towards("192.0.2.1")  # TEST-NET-1: only the route is looked up, nothing is sent
     except OSError:
         pass
-    for _, name in socket.if_nameindex():
-        try:
-            address = _ipv4_of(name)
-        except OSError:
-            continue
+    for name, address in _ipv4_interfaces():
         if not address.startswith("127."):
             return name, address
     raise OSError("no interface but the loopback has an IPv4 address")

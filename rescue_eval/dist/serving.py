@@ -17,6 +17,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Callable
 
 from rescue_eval.core.protocols import ROLE_METHODS
 
@@ -38,7 +39,7 @@ class RoleServer:
         self.requests = self.batches = 0
         self.busy_s = self.queue_wait_s = 0.0
         self.started = time.perf_counter()
-        self._deliveries: queue.SimpleQueue[tuple[_Request, list] | None] = queue.SimpleQueue()
+        self._deliveries: queue.SimpleQueue[tuple[Callable, object] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"role-{name}", daemon=True)
         self._delivery_thread = threading.Thread(target=self._deliver, name=f"role-{name}-answers", daemon=True)
         self._thread.start()
@@ -114,17 +115,17 @@ class RoleServer:
                 raise RuntimeError(f"{self.name}.{method} returned {len(answers)} answers")
             offset = 0
             for r in batch:
-                self._deliveries.put((r, answers[offset:offset + len(r.items)]))
+                self._deliveries.put((r.future.set_result, answers[offset:offset + len(r.items)]))
                 offset += len(r.items)
         except Exception as exc:  # noqa: BLE001 - retried per request below, or passed to the caller
             if len(batch) == 1:
-                batch[0].future.set_exception(exc)
+                self._deliveries.put((batch[0].future.set_exception, exc))
             else:
                 for r in batch:
                     try:
-                        r.future.set_result(fn(r.items))
+                        self._deliveries.put((r.future.set_result, fn(r.items)))
                     except Exception as one:  # noqa: BLE001
-                        r.future.set_exception(one)
+                        self._deliveries.put((r.future.set_exception, one))
         finally:
             self.busy_s += time.perf_counter() - start
             self.batches += 1
@@ -132,8 +133,8 @@ class RoleServer:
 
     def _deliver(self) -> None:
         while (delivery := self._deliveries.get()) is not None:
-            request, answers = delivery
-            request.future.set_result(answers)
+            complete, value = delivery  # a future's set_result or set_exception, and its argument
+            complete(value)
 
 
 class LocalRole:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from rescue_eval.core.masks import contour, decode_rle, hatch
 from rescue_eval.core.types import IGNORE
+from rescue_eval.io.tracking import chosen_n
 
 GT_COLOR = (0, 255, 255)  # cyan
 PRED_COLOR = (255, 0, 255)  # magenta
@@ -42,10 +43,6 @@ class Shown:
     problem: str = ""  # why there is no picture
 
 
-def largest_n(record: dict) -> int:
-    return max(map(int, record["sweep"]))
-
-
 def pick_samples(records: dict[str, dict], limit: int) -> dict[str, list[str]]:
     """The `limit` samples to show: the worst, the middle and the best by IoU at the largest N,
     ties broken by id so the choice is deterministic; ascending IoU within each group. A third
@@ -62,7 +59,7 @@ def pick_samples(records: dict[str, dict], limit: int) -> dict[str, list[str]]:
 def caption_lines(record: dict) -> list[str]:
     """What a sample's picture says under it (before wrapping): id, IoU and the choice at the
     largest N, the query, and the failure when there is one."""
-    n = largest_n(record)
+    n = chosen_n(record)
     entry = record["sweep"][str(n)]
     if entry.get("index") is None:
         choice = f"N = {n}: nothing chosen"
@@ -198,8 +195,9 @@ def write_overlays(out: Path, records: dict[str, dict], dataset, limit: int) -> 
                 shown.append(Shown(group, sample_id, record["iou"], name))
             except Exception as exc:  # noqa: BLE001 - one picture that cannot be drawn costs that picture only
                 shown.append(Shown(group, sample_id, record["iou"], None, f"{type(exc).__name__}: {exc}"))
+    keep = {s.file for s in shown}
     for old in folder.glob("*.png"):
-        if old.name not in {s.file for s in shown}:
+        if old.name not in keep:
             old.unlink()
     return shown
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rescue_eval.io.pictures import GROUPS, METRIC_LABELS, Shown, write_overlays, write_plots
+from rescue_eval.io.pictures import GROUPS, METRIC_LABELS, Shown, per_n_rows, write_overlays, write_plots
 
 METRIC_POLICY = (
     "Metric policy (LISA's): ground-truth pixels labelled 255 (ReasonSeg 'ignore' polygons) count in "
@@ -57,7 +57,7 @@ def render_markdown(summary: dict, plots: dict[str, Path], shown: list[Shown]) -
     lines += ["## Scores against N (selection among the first N hypotheses)", "",
               f"| N | {METRIC_LABELS[first]} | {METRIC_LABELS[second]} | oracle IoU | judge calls |",
               "|---|---|---|---|---|"]
-    for n, row in sorted(summary["per_n"].items(), key=lambda kv: int(kv[0])):
+    for n, row in per_n_rows(summary):
         lines.append(f"| {n} | {_pct(row[first])} | {_pct(row[second])} | {_pct(row['oracle_iou'])} | "
                      f"{row['judge_calls']} |")
     lines += [""] + [f"![{title}](plots/{path.name})" for title, path in plots.items()]
