@@ -11,11 +11,15 @@ from rescue_eval.core.registry import Registry
 
 DATASETS = Registry("dataset", "data.name")
 DATASETS.register("demo", "rescue_eval.datamodules.demo:DemoDataModule")
+DATASETS.register("world", "rescue_eval.datamodules.world:WorldDataModule")
 DATASETS.register("reasonseg", "rescue_eval.datamodules.reasonseg:ReasonSegDataModule")
 DATASETS.register("reasonseg_parquet", "rescue_eval.datamodules.reasonseg_parquet:ReasonSegParquetDataModule")
 DATASETS.register("refcoco", "rescue_eval.datamodules.refcoco:RefCocoDataModule")
 DATASETS.register("refcoco+", "rescue_eval.datamodules.refcoco:RefCocoPlusDataModule")
 DATASETS.register("refcocog", "rescue_eval.datamodules.refcoco:RefCocogDataModule")
+
+# Datasets generated on first use (into the cache, or data.root when given): no data.root needed.
+GENERATED = ("demo", "world")
 
 # The refer datasets' partitions (data.split_by), the usual one first; here rather than in
 # refcoco.py so that checking a config imports no data library.

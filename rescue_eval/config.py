@@ -19,7 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.protocols import ROLE_NAMES
 from rescue_eval.core.selection import VerifierSettings, strategy
-from rescue_eval.datamodules import SPLIT_BY
+from rescue_eval.datamodules import GENERATED, SPLIT_BY
 from rescue_eval.dist.placement import PlacementConfig
 from rescue_eval.dist.transport import DistConfig
 from rescue_eval.io.tracking import WandbConfig
@@ -137,7 +137,7 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"data.split_by {cfg.data.split_by!r} does not apply to {cfg.data.name}; "
                          + (f"use one of {list(SPLIT_BY[cfg.data.name])}." if cfg.data.name in SPLIT_BY
                             else "leave it out (only the refcoco datasets have one)."))
-    if cfg.data.name != "demo" and not cfg.data.root:
+    if cfg.data.name not in GENERATED and not cfg.data.root:
         raise UsageError(f"data.name is {cfg.data.name!r} but data.root is empty; pass --data.root PATH.")
     w = cfg.verifier
     if min(w.weight_vlm, w.weight_siglip, w.weight_agreement) < 0:
