@@ -57,7 +57,7 @@ def random_case(rng, h, w):
 def scores_of(pred, gt):
     i, u = intersection_union(pred, gt)
     return {"intersection": [i], "union": [u], "iou": [sample_iou(i, u)], "oracle_iou": [sample_iou(i, u)],
-            "judge_calls": [0]}
+            "heuristic_iou": [sample_iou(i, u)], "judge_calls": [0]}
 
 
 def test_matches_lisa_on_random_masks_with_ignore():
@@ -100,7 +100,7 @@ def test_sharded_states_merge_to_identical_results():
 def test_failures_counted_and_subsets_split():
     m = SplitMetrics([1, 2], ["short", "long"])
     row = {"intersection": [0, 0], "union": [5, 5], "iou": [0.0, 0.0], "oracle_iou": [0.0, 0.0],
-           "judge_calls": [0, 0]}
+           "heuristic_iou": [0.0, 0.0], "judge_calls": [0, 0]}
     m.update("short", **row, failure="planner_error")
     m.update("long", **{**row, "intersection": [5, 5], "iou": [1.0, 1.0]})
     s = m.compute()

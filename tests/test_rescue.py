@@ -83,6 +83,9 @@ def test_record_contents_and_duplicates():
     assert rec["sweep"]["8"]["oracle_iou"] == max(c["iou"] for c in rec["candidates"])
     assert rec["vlm"]["judge_calls"] == len(rec["judge"]) > 0
     assert set(rec["timing"]) == {"plan", "execute", "score", "verify"}
+    # the heuristic's choice is recorded beside the judge's, with its IoU: here the judge's differs
+    top = rec["sweep"]["8"]
+    assert top["heuristic"] != top["chosen"] and top["heuristic_iou"] == rec["candidates"][top["heuristic"]]["iou"] < 0.9
 
 
 def test_failures_stay_with_their_sample_and_score_as_empty():

@@ -35,8 +35,9 @@ def to_fixed(x: float) -> int:
 class SweepIoU(Metric):
     """Scores of one split (or one subset of it) for every N of the sweep.
 
-    `update` takes one sample: its intersection, union, IoU and oracle IoU for each N (same
-    order as `sweep`), the judge calls an N-run would make, and its failure reason if any.
+    `update` takes one sample: its intersection, union, IoU, oracle IoU and the heuristic
+    selection's IoU for each N (same order as `sweep`), the judge calls an N-run would make, and
+    its failure reason if any.
     """
 
     full_state_update = False
@@ -46,17 +47,18 @@ class SweepIoU(Metric):
         super().__init__(**kwargs)
         self.sweep = list(sweep)
         k = len(self.sweep)
-        for name in ("intersection", "union", "iou_fixed", "oracle_fixed", "judge_calls"):
+        for name in ("intersection", "union", "iou_fixed", "oracle_fixed", "heuristic_fixed", "judge_calls"):
             self.add_state(name, torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("n_samples", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("failures", torch.zeros(len(FAILURE_REASONS), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, intersection: list[int], union: list[int], iou: list[float], oracle_iou: list[float],
-               judge_calls: list[int], failure: str | None = None) -> None:
+               heuristic_iou: list[float], judge_calls: list[int], failure: str | None = None) -> None:
         self.intersection += torch.tensor(intersection, dtype=torch.int64)
         self.union += torch.tensor(union, dtype=torch.int64)
         self.iou_fixed += torch.tensor([to_fixed(v) for v in iou], dtype=torch.int64)
         self.oracle_fixed += torch.tensor([to_fixed(v) for v in oracle_iou], dtype=torch.int64)
+        self.heuristic_fixed += torch.tensor([to_fixed(v) for v in heuristic_iou], dtype=torch.int64)
         self.judge_calls += torch.tensor(judge_calls, dtype=torch.int64)
         self.n_samples += 1
         if failure is not None:
@@ -70,6 +72,7 @@ class SweepIoU(Metric):
                 "giou": int(self.iou_fixed[k]) / FIXED_POINT / n if n else 0.0,
                 "ciou": int(self.intersection[k]) / (int(self.union[k]) + CIOU_EPS),
                 "oracle_iou": int(self.oracle_fixed[k]) / FIXED_POINT / n if n else 0.0,
+                "heuristic_giou": int(self.heuristic_fixed[k]) / FIXED_POINT / n if n else 0.0,
                 "judge_calls": int(self.judge_calls[k]),
                 "intersection": int(self.intersection[k]),
                 "union": int(self.union[k]),
@@ -115,6 +118,8 @@ def record_scores(record: dict, sweep: list[int]) -> dict:
     rows = [record["sweep"][str(n)] for n in sweep]
     return {"intersection": [r["intersection"] for r in rows], "union": [r["union"] for r in rows],
             "iou": [r["iou"] for r in rows], "oracle_iou": [r["oracle_iou"] for r in rows],
+            # records written before the heuristic baseline was recorded: their own selection
+            "heuristic_iou": [r.get("heuristic_iou", r["iou"]) for r in rows],
             "judge_calls": [r["judge_calls"] for r in rows], "failure": record["failure"]}
 
 

@@ -17,7 +17,8 @@ from rescue_eval.core.masks import (GroundTruth, box_iou, encode_rle, freeze, in
                                     sample_iou)
 from rescue_eval.core.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
 from rescue_eval.core.agreement import PrefixAgreement
-from rescue_eval.core.selection import JudgeMemo, VerifierSettings, select_sweep, stable_seed, strategy
+from rescue_eval.core.selection import (JudgeMemo, VerifierSettings, heuristic_selection, select_sweep, stable_seed,
+                                       strategy)
 
 
 @dataclass
@@ -219,8 +220,10 @@ def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
         memo = JudgeMemo(roles.judge.rate, roles.judge.duel, w.image, w.masks, w.sample.query,
                          stable_seed(settings.seed, w.sample.id, "judge"), settings.verifier.duel_order)
     for n, sel in select_sweep(sizes, agree, w.siglip, memo, settings.verifier).items():
+        # the heuristic's choice too (no VLM; the same as `chosen` in heuristic mode): what the judge buys
         w.record["sweep"][str(n)] = {"chosen": sel.chosen, "cut_the_chase": sel.cut_the_chase,
-                                     "judge_calls": sel.judge_calls, "hybrid": sel.hybrid}
+                                     "judge_calls": sel.judge_calls, "hybrid": sel.hybrid,
+                                     "heuristic": heuristic_selection(n, agree, w.siglip, settings.verifier).chosen}
     if memo is not None:
         for p, candidate in enumerate(w.record["candidates"]):
             candidate["vlm"] = memo.ratings.get(p)
@@ -245,14 +248,17 @@ def finish_record(w: _Work, settings: SearchSettings) -> None:
         if not settings.scored:
             continue
         if gt is None:
-            entry.update(intersection=0, union=0, iou=0.0, oracle_iou=0.0)
+            entry.update(intersection=0, union=0, iou=0.0, oracle_iou=0.0, heuristic_iou=0.0)
             continue
         # the chosen candidate was scored against the ground truth in verify
         inter, union = ((rec["candidates"][chosen]["intersection"], rec["candidates"][chosen]["union"])
                         if chosen is not None else empty_scores)
         prefix = [c["iou"] for c in rec["candidates"] if c["index"] < n] if not w.failed else []
+        heuristic = entry.get("heuristic") if not w.failed else None
         entry.update(intersection=inter, union=union, iou=sample_iou(inter, union),
-                     oracle_iou=max(prefix, default=sample_iou(*empty_scores)))
+                     oracle_iou=max(prefix, default=sample_iou(*empty_scores)),
+                     heuristic_iou=rec["candidates"][heuristic]["iou"] if heuristic is not None
+                     else sample_iou(*empty_scores))
     top = rec["sweep"][str(settings.max_n)]
     if settings.scored:
         rec.update({k: top[k] for k in ("intersection", "union", "iou", "oracle_iou")})

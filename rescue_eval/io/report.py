@@ -54,12 +54,13 @@ def render_markdown(summary: dict, plots: dict[str, Path], shown: list[Shown]) -
               f"| {METRIC_LABELS[first]} (headline) | {_pct(summary[first])} |",
               f"| {METRIC_LABELS[second]} | {_pct(summary[second])} |",
               f"| oracle IoU | {_pct(summary['oracle_iou'])} |", ""]
+    judged = summary.get("mode") == "comparative"  # the heuristic's choices are recorded beside the judge's
     lines += ["## Scores against N (selection among the first N hypotheses)", "",
-              f"| N | {METRIC_LABELS[first]} | {METRIC_LABELS[second]} | oracle IoU | judge calls |",
-              "|---|---|---|---|---|"]
+              f"| N | {METRIC_LABELS[first]} | {METRIC_LABELS[second]} | oracle IoU | judge calls |"
+              + (" gIoU, heuristic (no judge) |" if judged else ""), "|---|---|---|---|---|" + ("---|" if judged else "")]
     for n, row in per_n_rows(summary):
         lines.append(f"| {n} | {_pct(row[first])} | {_pct(row[second])} | {_pct(row['oracle_iou'])} | "
-                     f"{row['judge_calls']} |")
+                     f"{row['judge_calls']} |" + (f" {_pct(row['heuristic_giou'])} |" if judged else ""))
     lines += [""] + [f"![{title}](plots/{path.name})" for title, path in plots.items()]
     if summary.get("subsets"):
         lines += ["", "## Subsets", "", "| subset | samples | gIoU | cIoU | oracle IoU |", "|---|---|---|---|---|"]
