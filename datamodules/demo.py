@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rescue_eval.datamodules.reasonseg import ReasonSegDataModule
-from rescue_eval.core.cache import build_once, cache_root
-from rescue_eval.core.errors import UsageError
+from rescue_eval.datamodules.reasonseg import GeneratedReasonSegDataModule
 
 DEMO_NAME = "demo-v1"  # bump when the generator changes, so old caches are not reused
 NUM_SCENES = 16
@@ -149,28 +147,13 @@ def write_demo_split(folder: Path) -> None:
 
 def ensure_demo_set(root: str | Path | None = None) -> Path:
     """The demo root (holding val/), generated on first use; by default under `cache_root()`."""
-    root = Path(root) if root else cache_root() / DEMO_NAME
-    build_once(root / "val", write_demo_split)
-    return root
+    return DemoDataModule(root=str(root) if root else None).ensure()
 
 
-class DemoDataModule(ReasonSegDataModule):
-    """The demo set, read through the ReasonSeg folder reader (so the demo exercises it).
+class DemoDataModule(GeneratedReasonSegDataModule):
+    """The demo set (one split, val), generated into the cache or `root` on first use."""
 
-    `root` (optional) is where to generate and read it instead of the cache; it has one split, val.
-    `prepare_data` generates it (rank 0, before the others read it).
-    """
+    CACHE_NAME, SPLIT, TITLE = DEMO_NAME, "val", "the demo set"
 
-    def __init__(self, root: str | None = None, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
-        if split != "val":
-            raise UsageError(f"the demo set has only the split 'val', got {split!r}: set --data.split val.")
-        super().__init__(root="", split=split, fraction=fraction, fraction_seed=fraction_seed)
-        self.demo_root = root
-
-    def prepare_data(self) -> None:
-        ensure_demo_set(self.demo_root)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:  # resolve the cache now, not at construction: the environment may change
-            self.args = (str(ensure_demo_set(self.demo_root)), *self.args[1:])  # there after prepare_data
-        super().setup(stage)
+    def write_split(self, folder: Path) -> None:
+        write_demo_split(folder)

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from rescue_eval.core.cache import build_once, cache_root
 from rescue_eval.datamodules.images import ReaderDataModule, RowError, decode_checked, describe, read_inside, real_folder
 from rescue_eval.core.errors import UsageError
 from rescue_eval.core.types import IGNORE, Sample
@@ -199,3 +200,40 @@ class ReasonSegDataModule(ReaderDataModule):
     def __init__(self, root: str, split: str = "val", fraction: float = 1.0, fraction_seed: int = 0):
         check_fraction(fraction)  # fail at configuration time, before any model loads
         super().__init__(self.reader, root, split, fraction, fraction_seed)
+
+
+class GeneratedReasonSegDataModule(ReasonSegDataModule):
+    """A set generated on first use in LISA's folder format and read back through the folder
+    reader (so a generated set exercises it): into `cache_root()/CACHE_NAME`, or `root` when
+    given. A subclass names its cache folder and its one split, and writes that split's files.
+    `prepare_data` generates it (rank 0, before the others read it)."""
+
+    CACHE_NAME: str
+    SPLIT: str
+    TITLE: str  # how a message names the set
+
+    def __init__(self, root: str | None = None, split: str | None = None, fraction: float = 1.0,
+                 fraction_seed: int = 0):
+        split = self.SPLIT if split is None else split
+        if split != self.SPLIT:
+            raise UsageError(f"{self.TITLE} has only the split {self.SPLIT!r}, got {split!r}: "
+                             f"set --data.split {self.SPLIT}.")
+        super().__init__(root="", split=split, fraction=fraction, fraction_seed=fraction_seed)
+        self.generated_root = root
+
+    def write_split(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def ensure(self) -> Path:
+        """The set's root (holding its split's folder), generated on first use."""
+        root = Path(self.generated_root) if self.generated_root else cache_root() / self.CACHE_NAME
+        build_once(root / self.SPLIT, self.write_split)
+        return root
+
+    def prepare_data(self) -> None:
+        self.ensure()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:  # resolve the cache now, not at construction: the environment may change
+            self.args = (str(self.ensure()), *self.args[1:])
+        super().setup(stage)

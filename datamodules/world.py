@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rescue_eval.core.cache import build_once, cache_root
-from rescue_eval.core.errors import UsageError
-from rescue_eval.datamodules.reasonseg import ReasonSegDataModule
+from rescue_eval.datamodules.reasonseg import GeneratedReasonSegDataModule
 
 WORLD_NAME = "world-v1"  # the cache folder: bump when the generator changes
 WORLD_SEED = 20261129
@@ -234,26 +232,11 @@ def write_split(split: str, count: int, folder: Path) -> None:
         (folder / f"{name}.json").write_text(json.dumps(labelme(scene_, f"{name}.jpg"), indent=1), encoding="utf-8")
 
 
-class WorldDataModule(ReasonSegDataModule):
-    """The demo world's held-out `demo` split (DEMO_SCENES scenes), written once into the cache
-    (or `root`) and read through the ReasonSeg folder reader. The `train` split is what the
-    trained twins learned on; it is not for evaluation."""
+class WorldDataModule(GeneratedReasonSegDataModule):
+    """The demo world's held-out split `demo` (DEMO_SCENES scenes), generated into the cache or
+    `root` on first use. The training scenes are for `rescue-eval train-demo`, not evaluation."""
 
-    def __init__(self, root: str | None = None, split: str = "demo", fraction: float = 1.0, fraction_seed: int = 0):
-        if split != "demo":
-            raise UsageError(f"the demo world is evaluated on its split 'demo', got {split!r}: set --data.split demo.")
-        super().__init__(root="", split=split, fraction=fraction, fraction_seed=fraction_seed)
-        self.world_root = root
+    CACHE_NAME, SPLIT, TITLE = WORLD_NAME, "demo", "the demo world"
 
-    def _root(self) -> Path:
-        root = Path(self.world_root) if self.world_root else cache_root() / WORLD_NAME
-        build_once(root / "demo", lambda folder: write_split("demo", DEMO_SCENES, folder))
-        return root
-
-    def prepare_data(self) -> None:
-        self._root()
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:  # resolve the cache now, not at construction: the environment may change
-            self.args = (str(self._root()), *self.args[1:])
-        super().setup(stage)
+    def write_split(self, folder: Path) -> None:
+        write_split("demo", DEMO_SCENES, folder)
