@@ -78,7 +78,7 @@ def check_gpus(cfg: Config, world: int) -> list[Check]:
 
 def check_checkpoint(role: str, section) -> Check:
     """The checkpoint's config and processor load from the cache or folder, without weights."""
-    from rescue_eval.models.tiny import PREFIX
+    from rescue_eval.models.tiny import PREFIX, TRAINED_PREFIX, resolve_checkpoint
 
     spec, backend = section.checkpoint, section.backend
     name = f"{role} checkpoint {spec}"
@@ -86,6 +86,11 @@ def check_checkpoint(role: str, section) -> Check:
         return Check(name, True, f"backend {backend} loads no checkpoint here")
     if spec.startswith(PREFIX):
         return Check(name, True, "a tiny random-weight twin, built on first use (scores test the harness only)")
+    if spec.startswith(TRAINED_PREFIX):
+        try:
+            spec = resolve_checkpoint(spec)  # the committed folder
+        except UsageError as exc:
+            return Check(name, False, str(exc))
     import transformers
 
     try:
@@ -95,7 +100,8 @@ def check_checkpoint(role: str, section) -> Check:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         return Check(name, False, f"cannot be read offline ({first}); run `rescue-eval download --config FILE` "
                                   f"on a machine with hub access, or point --{role}.checkpoint at a local folder")
-    return Check(name, True, "config and processor load from the local cache")
+    where = "the trained demo twin's folder" if section.checkpoint.startswith(TRAINED_PREFIX) else "the local cache"
+    return Check(name, True, f"config and processor load from {where}")
 
 
 def check_optional_packages(cfg: Config) -> list[Check]:

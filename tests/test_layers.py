@@ -17,7 +17,7 @@ PACKAGE_DIRS = {"rescue_eval": "rescue_eval", "models": "rescue_eval.models", "d
 LAYERS = [
     ["rescue_eval.core"],
     ["rescue_eval.dist", "rescue_eval.io", "rescue_eval.models", "rescue_eval.datamodules"],
-    ["rescue_eval.sections"],
+    ["rescue_eval.sections", "rescue_eval.training"],
     ["rescue_eval.config"],
     ["rescue_eval.roles", "rescue_eval.outdir", "rescue_eval.failures"],
     ["rescue_eval.suite"],

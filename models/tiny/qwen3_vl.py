@@ -71,14 +71,19 @@ def build_moe_thinking(out_dir: Path) -> None:
     _build(Path(out_dir), moe=True, thinking=True)
 
 
-def _build(out_dir: Path, moe: bool, thinking: bool) -> None:
+# The random twins' widths and depths; the trained demo twins (models/trained) are wider and deeper.
+SIZES = {"width": 64, "layers": 2, "heads": 4, "kv_heads": 2, "vision_width": 32, "vision_depth": 2}
+
+
+def _build(out_dir: Path, moe: bool, thinking: bool, sizes: dict = SIZES, corpus: list[str] = CORPUS,
+           bpe_vocab_size: int = BPE_VOCAB_SIZE) -> None:
     import torch
     from transformers import (GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig,
                               Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor)
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(corpus, bpe_vocab_size)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
@@ -93,10 +98,13 @@ def _build(out_dir: Path, moe: bool, thinking: bool) -> None:
     processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                                  chat_template=THINKING_CHAT_TEMPLATE if thinking else CHAT_TEMPLATE)
 
-    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
-                                 "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+    head_dim = sizes["width"] // sizes["heads"]
+    text = dict(vocab_size=vocab_size, hidden_size=sizes["width"], intermediate_size=2 * sizes["width"],
+                num_hidden_layers=sizes["layers"], num_attention_heads=sizes["heads"],
+                num_key_value_heads=sizes["kv_heads"], head_dim=head_dim, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,  # Qwen's 3:1:1 split of head_dim / 2
+                                 "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8],
+                                 "mrope_interleaved": True},
                 pad_token_id=ids[END_OF_TEXT])
     if moe:  # every layer routed, 2 of 4 experts per token (the real model: 8 of 128)
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
@@ -106,8 +114,8 @@ def _build(out_dir: Path, moe: bool, thinking: bool) -> None:
     config = config_class(
         text_config=text,
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+            depth=sizes["vision_depth"], hidden_size=sizes["vision_width"], intermediate_size=2 * sizes["vision_width"],
+            num_heads=2, patch_size=16, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=sizes["width"],
             num_position_embeddings=64, deepstack_visual_indexes=[1]),
         image_token_id=ids[IMAGE_PAD], video_token_id=ids[VIDEO_PAD],
         vision_start_token_id=ids[VISION_START], vision_end_token_id=ids[VISION_END],
@@ -126,8 +134,8 @@ def _build(out_dir: Path, moe: bool, thinking: bool) -> None:
     processor.save_pretrained(out_dir)
 
 
-def _train_tokenizer():
-    """Byte-level BPE with Qwen2's pre-tokenizer, trained on CORPUS; the specials come after the
+def _train_tokenizer(corpus: list[str], vocab_size: int):
+    """Byte-level BPE with Qwen2's pre-tokenizer, trained on `corpus`; the specials come after the
     learned vocabulary, as in Qwen's tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -139,9 +147,9 @@ def _train_tokenizer():
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, min_frequency=1, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(CORPUS, trainer=trainer)
+    bpe.train_from_iterator(corpus, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]  # the learned vocab and merges
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tokenizer = Qwen2Tokenizer(

@@ -20,7 +20,8 @@ PATCH_SIZE = 14
 HIDDEN = 32  # ViT width, FPN width, prompt encoder and mask decoder width (the decoder needs them equal)
 
 
-def build(out_dir: Path) -> None:
+def build(out_dir: Path, hidden: int = HIDDEN, layers: int = 2) -> None:
+    """The random twin; the trained demo executor (models/trained) is built wider and trained."""
     import torch
     from transformers import (
         Sam3ImageProcessor,
@@ -33,32 +34,32 @@ def build(out_dir: Path) -> None:
 
     grid = IMAGE_SIZE // PATCH_SIZE  # 16 tokens a side
     backbone = Sam3ViTConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
         pretrain_image_size=IMAGE_SIZE,  # position embeddings cover the grid: no tiling
         window_size=grid // 2,  # layer 0 windowed, layer 1 global, as in the real model's mix
-        global_attn_indexes=[1],
+        global_attn_indexes=list(range(1, layers, 2)),
     )
     # Four FPN levels as in facebook/sam3: the tracker uses 4x, 2x and 1x the token grid, the
     # 0.5x level serves the concept detector (models/sam3_tracker.py drops it, as SAM 3 does).
     vision = Sam3VisionConfig(
         backbone_config=backbone,
-        fpn_hidden_size=HIDDEN,
+        fpn_hidden_size=hidden,
         scale_factors=[4.0, 2.0, 1.0, 0.5],
         backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]],
     )
     config = Sam3TrackerConfig(
         vision_config=vision,
-        prompt_encoder_config={"hidden_size": HIDDEN, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
+        prompt_encoder_config={"hidden_size": hidden, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
         mask_decoder_config={
-            "hidden_size": HIDDEN,
-            "mlp_dim": 2 * HIDDEN,
+            "hidden_size": hidden,
+            "mlp_dim": 2 * hidden,
             "num_attention_heads": 2,
-            "iou_head_hidden_dim": HIDDEN,
+            "iou_head_hidden_dim": hidden,
         },
     )
     torch.manual_seed(0)

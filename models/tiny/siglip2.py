@@ -50,7 +50,7 @@ with without from into onto through between behind beside inside outside
 """
 
 
-def _train_tokenizer():
+def _train_tokenizer(extra_lines: tuple[str, ...] = ()):
     """A BPE trained on CORPUS with Gemma's normalisation (spaces as "▁"), wrapped in the
     tokenizer class the real checkpoint names (`GemmaTokenizer`)."""
     import json
@@ -63,7 +63,7 @@ def _train_tokenizer():
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE, special_tokens=SPECIAL_TOKENS + BYTE_TOKENS, show_progress=False
     )
-    lines = [line.strip() for line in CORPUS.strip().splitlines()]
+    lines = [line.strip() for line in CORPUS.strip().splitlines()] + list(extra_lines)
     lines += [line.capitalize() for line in lines]  # cased text, as Gemma's vocabulary has
     bpe.train_from_iterator(lines, trainer=trainer)
     trained = json.loads(bpe.to_str())["model"]  # the vocab and merges a Siglip2Tokenizer is made of
@@ -71,12 +71,14 @@ def _train_tokenizer():
     return GemmaTokenizer(vocab=trained["vocab"], merges=merges, model_max_length=TEXT_LENGTH)
 
 
-def build(out_dir: Path) -> None:
+def build(out_dir: Path, hidden: int = HIDDEN, extra_lines: tuple[str, ...] = ()) -> None:
+    """The random twin; the trained demo scorer (models/trained) is built wider, its tokenizer
+    also trained on the demo world's queries (`extra_lines`)."""
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
-    tokenizer = _train_tokenizer()
-    towers = {"hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tokenizer = _train_tokenizer(extra_lines)
+    towers = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2, "num_attention_heads": 2}
     config = SiglipConfig(
         text_config={
             **towers,

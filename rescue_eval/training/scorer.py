@@ -1,0 +1,89 @@
+"""The demo scorer: the SigLIP2 twin, trained on masked crops and queries with SigLIP's sigmoid loss.
+
+Each step pairs every training scene's query with the masked crops (made by the scorer's own
+`masked_crop`) of the masks a search would propose there: the target, the other shapes, a part
+of the target, the target grown into a neighbour, an empty patch. The label of a pair is the
+crop mask's IoU with the target, so a part scores between the target and a wrong shape; pairs
+are taken within a scene, the choice the verifier makes. The tokenizer is also trained on the
+world's queries.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from rescue_eval.core.types import ScoreItem
+from rescue_eval.datamodules import world
+from rescue_eval.models.siglip2 import TEXT_LENGTH, Siglip2Scorer, masked_crop
+from rescue_eval.models.tiny import siglip2
+from rescue_eval.training.examples import candidate_masks, iou, training_scene, whole_shapes
+from rescue_eval.training.loop import Report, fit
+
+SCENES_PER_STEP = 8
+WIDTH = 48
+
+
+@functools.lru_cache(maxsize=1)
+def world_queries(count: int = 2000) -> tuple[str, ...]:
+    """The distinct queries of the first `count` training scenes, for the tokenizers."""
+    return tuple(sorted({world.scene("train", i).query.lower() for i in range(count)}))
+
+
+def train(out_dir: Path, steps: int, held_out: range) -> Report:
+    import torch
+    import torch.nn.functional as F
+    from transformers import SiglipModel, SiglipProcessor
+
+    report = Report("scorer", "scorer", "google/siglip2-giant-opt-patch16-384", data=(
+        f"demo-world training scenes 0-{steps * SCENES_PER_STEP - 1}: each query against the masked crops of "
+        "its scene's candidate masks (target, other shapes, a part, the target grown into a neighbour, an empty "
+        "patch), labelled with the mask's IoU with the target"),
+        steps=steps, batch=f"{SCENES_PER_STEP} scenes (about 60 pairs)", learning_rate=4e-3)
+    siglip2.build(out_dir, hidden=WIDTH, extra_lines=world_queries())
+    processor = SiglipProcessor.from_pretrained(out_dir)
+    model = SiglipModel.from_pretrained(out_dir)
+    rng = np.random.default_rng(2)
+
+    def loss_of_step(step: int):
+        crops, labels, owners, queries = [], [], [], []
+        for s, index in enumerate(range(step * SCENES_PER_STEP, (step + 1) * SCENES_PER_STEP)):
+            scene = training_scene(index)
+            pixels = np.asarray(scene.image)
+            queries.append(scene.query.lower())
+            for mask in candidate_masks(scene, rng):
+                crop = masked_crop(pixels, mask)
+                if crop is not None:
+                    crops.append(crop)
+                    labels.append(iou(mask, scene.target_mask))
+                    owners.append(s)
+        text = processor.tokenizer(queries, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                                   return_tensors="pt")
+        images = processor.image_processor(images=crops, return_tensors="pt")
+        text_embeds = F.normalize(model.get_text_features(**text).pooler_output, dim=-1)
+        image_embeds = F.normalize(model.get_image_features(**images).pooler_output, dim=-1)
+        logits = (image_embeds * text_embeds[owners]).sum(-1) * model.logit_scale.exp() + model.logit_bias
+        return F.binary_cross_entropy_with_logits(logits, torch.tensor(labels, dtype=torch.float32))
+
+    fit(model, report, loss_of_step)
+    model.save_pretrained(out_dir)
+    report.held_out = evaluate(out_dir, held_out)
+    return report
+
+
+def evaluate(folder: Path, scenes: range) -> dict[str, float]:
+    """How often the scorer (the harness's own adapter) ranks the target's mask first among the
+    scene's shapes, and above a part of it."""
+    scorer = Siglip2Scorer(str(folder))
+    rng = np.random.default_rng(3)
+    first, above_part = [], []
+    for index in scenes:
+        scene = training_scene(index)
+        candidates = candidate_masks(scene, rng)
+        shapes = whole_shapes(scene)
+        scores = scorer.score([ScoreItem(scene.image, candidates, scene.query)])[0]
+        first.append(int(np.argmax(scores[:shapes]) == 0))
+        above_part.append(int(scores[0] > scores[shapes]))
+    return {"target ranked first among the scene's shapes": float(np.mean(first)),
+            "target scored above a part of it": float(np.mean(above_part))}
