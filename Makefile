@@ -19,8 +19,9 @@ OLDEST_DIR := .cache/oldest
 .PHONY: setup demo test test-oldest
 setup: $(VENV)/.installed
 
+# the demo world's held-out scenes with the trained demo twins (configs/world.yaml)
 demo: setup
-	$(VENV)/bin/rescue-eval run --config configs/demo.yaml --output $(OUT)
+	$(VENV)/bin/rescue-eval run --config configs/world.yaml --output $(OUT)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

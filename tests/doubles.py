@@ -1,6 +1,9 @@
-"""Test doubles for the four roles. They are NOT models: each answers by a fixed rule so the
-harness logic (batching, failures, sweep, tournament) can be checked exactly without weights."""
+"""Test doubles for the four roles. The rule doubles are NOT models: each answers by a fixed rule
+so the harness logic (batching, failures, sweep, tournament) can be checked exactly without
+weights. AnswerCache stands in front of a real model and replays its earlier answers."""
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -80,3 +83,40 @@ class RuleJudge:
                 a, b = self._overlap(item.mask_a), self._overlap(item.mask_b)
                 out.append(JudgeAnswer("A" if a >= b else "B", "rule"))
         return out
+
+
+class AnswerCache:
+    """A real role backend behind a cache: a question asked before gets the answer the model
+    gave then (the demo twins are deterministic), a new one goes to the model. Lets a test
+    rerun the search with a deliberate fault without running the models again."""
+
+    METHODS = ("propose", "segment", "score", "rate", "duel")
+
+    def __init__(self, backend):
+        self.backend, self.answers, self.misses = backend, {}, 0
+        for name in self.METHODS:
+            if hasattr(backend, name):
+                setattr(self, name, self._cached(name))
+
+    @staticmethod
+    def key(name: str, item) -> tuple:
+        parts = [name]
+        for field_name, value in vars(item).items():
+            if hasattr(value, "tobytes"):  # an image or a mask
+                value = hashlib.sha1(value.tobytes()).hexdigest()
+            elif isinstance(value, list):
+                value = tuple(hashlib.sha1(v.tobytes()).hexdigest() if hasattr(v, "tobytes") else tuple(v)
+                              for v in value)
+            parts.append((field_name, value))
+        return tuple(parts)
+
+    def _cached(self, name: str):
+        def ask(batch):
+            keys = [self.key(name, item) for item in batch]
+            missing = [(k, item) for k, item in zip(keys, batch) if k not in self.answers]
+            if missing:
+                self.misses += len(missing)
+                for (k, _), answer in zip(missing, getattr(self.backend, name)([item for _, item in missing])):
+                    self.answers[k] = answer
+            return [self.answers[k] for k in keys]
+        return ask
