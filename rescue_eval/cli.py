@@ -19,7 +19,7 @@ commands:
   run         evaluate a dataset:  rescue-eval run --config configs/demo.yaml --output OUT [--key.sub value ...]
   report      rebuild summary.json, report.md, plots and overlays from an output directory:  rescue-eval report OUT
   build-tiny  build the tiny offline checkpoints:  rescue-eval build-tiny [--out DIR] [--force]
-  train-demo  train the demo's four twins on the demo world (about 12 min on 2 cores):  rescue-eval train-demo [--out DIR]
+  train-demo  train the demo's four twins on the demo world (about 14 min on 2 cores):  rescue-eval train-demo [--out DIR]
   segment     one image and one query to a mask:  rescue-eval segment IMAGE QUERY [--output DIR] [--key.sub value ...]
   download    fetch the checkpoints a config names into the Hugging Face cache:  rescue-eval download [--config FILE]
   serve       host an executor or scorer over HTTP:  rescue-eval serve executor|scorer [--port P] [--ROLE.key value ...]

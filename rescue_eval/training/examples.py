@@ -6,13 +6,14 @@ boxes are tight boxes of those pixels.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from rescue_eval.core.masks import mask_box
+from rescue_eval.core.masks import intersection_union, mask_box
 from rescue_eval.datamodules import world
 from rescue_eval.models.prompts import GRID
 
@@ -73,8 +74,15 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, spread: float = 0.1
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+    """Plain IoU of two masks (LISA's per-sample IoU adds 1e-5 to the union), 0.0 when both are empty."""
+    inter, union = intersection_union(a, b)
+    return inter / union if union else 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def world_queries(count: int = 2000) -> tuple[str, ...]:
+    """The distinct queries of the first `count` training scenes, for the twins' tokenizers."""
+    return tuple(sorted({world.scene("train", i).query.lower() for i in range(count)}))
 
 
 def candidate_masks(scene: TrainingScene, rng: np.random.Generator) -> list[np.ndarray]:

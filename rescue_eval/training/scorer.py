@@ -9,26 +9,18 @@ world's queries.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
 from rescue_eval.core.types import ScoreItem
-from rescue_eval.datamodules import world
 from rescue_eval.models.siglip2 import TEXT_LENGTH, Siglip2Scorer, masked_crop
 from rescue_eval.models.tiny import siglip2
-from rescue_eval.training.examples import candidate_masks, iou, training_scene, whole_shapes
+from rescue_eval.training.examples import candidate_masks, iou, training_scene, whole_shapes, world_queries
 from rescue_eval.training.loop import Report, fit
 
 SCENES_PER_STEP = 8
 WIDTH = 48
-
-
-@functools.lru_cache(maxsize=1)
-def world_queries(count: int = 2000) -> tuple[str, ...]:
-    """The distinct queries of the first `count` training scenes, for the tokenizers."""
-    return tuple(sorted({world.scene("train", i).query.lower() for i in range(count)}))
 
 
 def train(out_dir: Path, steps: int, held_out: range) -> Report:

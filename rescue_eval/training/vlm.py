@@ -22,9 +22,9 @@ from rescue_eval.models.prompts import BOX_FORMAT, STRATEGIES, duel_messages, pl
 from rescue_eval.models.qwen3_vl import Qwen3VLJudge, Qwen3VLPlanner
 from rescue_eval.models.tiny import qwen3_vl
 from rescue_eval.models.vlm_requests import PLANNER_MAX_PIXELS, duel_request, fit_image, rate_request
-from rescue_eval.training.examples import BOX_STEP, answer_box, candidate_masks, iou, training_scene, whole_shapes
+from rescue_eval.training.examples import (BOX_STEP, answer_box, answer_box_pixels, candidate_masks, iou, training_scene,
+                                          whole_shapes, world_queries)
 from rescue_eval.training.loop import Report, fit
-from rescue_eval.training.scorer import world_queries
 
 SIZES = {"width": 128, "layers": 4, "heads": 4, "kv_heads": 2, "vision_width": 64, "vision_depth": 2}
 BATCH = 16
@@ -159,9 +159,7 @@ def evaluate_planner(folder: Path, scenes: range) -> dict[str, float]:
     first, best, kinds = [], [], {}
     for index in scenes:
         scene = training_scene(index)
-        height, width = scene.target_mask.shape
-        x1, y1, x2, y2 = answer_box(scene.target_mask)
-        target = (x1 * width / 1000, y1 * height / 1000, x2 * width / 1000, y2 * height / 1000)
+        target = answer_box_pixels(scene.target_mask)
         hypotheses = planner.propose([PlanItem(scene.image, scene.query, n=8, seed=index)])[0]
         hits = [h.box is not None and box_iou(h.box, target) >= 0.5 for h in hypotheses]
         first.append(hits[0])
