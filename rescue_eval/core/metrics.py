@@ -18,6 +18,8 @@ from torchmetrics import Metric
 FIXED_POINT = 2 ** 32
 CIOU_EPS = 1e-10  # LISA: iou_class = intersection_sum / (union_sum + 1e-10)
 
+# the summed columns of SweepIoU, each an int64 per N
+COLUMNS = ("intersection", "union", "iou_fixed", "oracle_fixed", "heuristic_fixed", "judge_calls")
 FAILURE_REASONS = (
     "bad_input",        # the dataset row could not be read
     "no_hypothesis",    # the planner gave no usable box
@@ -46,20 +48,17 @@ class SweepIoU(Metric):
     def __init__(self, sweep: list[int], **kwargs):
         super().__init__(**kwargs)
         self.sweep = list(sweep)
-        k = len(self.sweep)
-        for name in ("intersection", "union", "iou_fixed", "oracle_fixed", "heuristic_fixed", "judge_calls"):
-            self.add_state(name, torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
+        # one row per summed column and one column per N: an update is one tensor added, where a
+        # state per column cost a dozen small torch operations per sample on the driver
+        self.add_state("sums", torch.zeros(len(COLUMNS), len(self.sweep), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("n_samples", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("failures", torch.zeros(len(FAILURE_REASONS), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, intersection: list[int], union: list[int], iou: list[float], oracle_iou: list[float],
                heuristic_iou: list[float], judge_calls: list[int], failure: str | None = None) -> None:
-        self.intersection += torch.tensor(intersection, dtype=torch.int64)
-        self.union += torch.tensor(union, dtype=torch.int64)
-        self.iou_fixed += torch.tensor([to_fixed(v) for v in iou], dtype=torch.int64)
-        self.oracle_fixed += torch.tensor([to_fixed(v) for v in oracle_iou], dtype=torch.int64)
-        self.heuristic_fixed += torch.tensor([to_fixed(v) for v in heuristic_iou], dtype=torch.int64)
-        self.judge_calls += torch.tensor(judge_calls, dtype=torch.int64)
+        self.sums += torch.tensor([intersection, union, [to_fixed(v) for v in iou],
+                                   [to_fixed(v) for v in oracle_iou], [to_fixed(v) for v in heuristic_iou],
+                                   judge_calls], dtype=torch.int64)
         self.n_samples += 1
         if failure is not None:
             self.failures[FAILURE_REASONS.index(failure)] += 1
@@ -68,14 +67,15 @@ class SweepIoU(Metric):
         n = int(self.n_samples)
         per_n = {}
         for k, big_n in enumerate(self.sweep):
+            intersection, union, iou, oracle, heuristic, calls = (int(v) for v in self.sums[:, k])
             per_n[big_n] = {
-                "giou": int(self.iou_fixed[k]) / FIXED_POINT / n if n else 0.0,
-                "ciou": int(self.intersection[k]) / (int(self.union[k]) + CIOU_EPS),
-                "oracle_iou": int(self.oracle_fixed[k]) / FIXED_POINT / n if n else 0.0,
-                "heuristic_giou": int(self.heuristic_fixed[k]) / FIXED_POINT / n if n else 0.0,
-                "judge_calls": int(self.judge_calls[k]),
-                "intersection": int(self.intersection[k]),
-                "union": int(self.union[k]),
+                "giou": iou / FIXED_POINT / n if n else 0.0,
+                "ciou": intersection / (union + CIOU_EPS),
+                "oracle_iou": oracle / FIXED_POINT / n if n else 0.0,
+                "heuristic_giou": heuristic / FIXED_POINT / n if n else 0.0,
+                "judge_calls": calls,
+                "intersection": intersection,
+                "union": union,
             }
         top = per_n[self.sweep[-1]]
         failures = {r: int(c) for r, c in zip(FAILURE_REASONS, self.failures) if int(c)}

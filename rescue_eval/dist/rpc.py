@@ -47,8 +47,10 @@ class RpcTransport:
         port = int(store.get("rpc_port"))
         # libuv sockets and the basic channel: TensorPipe's shared-memory transport and CMA channel
         # busy-poll, which on CPU ranks sharing cores cost 4x in throughput (benchmarks/RESULTS.md);
-        # everything sent here is small CPU data (image bytes once, RLE masks), where they gain nothing
-        options = rpc.TensorPipeRpcBackendOptions(rpc_timeout=settings.rpc_timeout_s, num_worker_threads=32,
+        # everything sent here is small CPU data (image bytes once, RLE masks), where they gain nothing.
+        # Four request handlers: `_serve` only unpacks and queues, and a handler woken from a larger
+        # pool is more often a cold one (benchmarks/RESULTS.md, item 3)
+        options = rpc.TensorPipeRpcBackendOptions(rpc_timeout=settings.rpc_timeout_s, num_worker_threads=4,
                                                   init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}",
                                                   _transports=["uv"], _channels=["basic"])
         try:
