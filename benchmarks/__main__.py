@@ -28,10 +28,12 @@ READING = """How to read them (the module docstrings have the details):
 - Item 3: the target is on the driver (this rank's own samples: search, requests packed and
   sent, answers unpacked, JSONL, metrics). The whole rank adds serving its role to the other
   ranks in the dedicated layout: unpickling their requests and decoding their images (JPEG,
-  once per host and sample) and masks for the hosted model. CPU time here is measured in
-  place, on 2 shared cores where 4 ranks take turns: the same JPEG decodes in 0.2 ms in a
-  tight loop and 0.7-0.9 ms inside the run, and one process's search of a sample costs about
-  1 ms of CPU on its own (synthetic roles called directly) against 3-5 ms inside the run.
+  once per host and sample) and masks for the hosted model. CPU time is measured in place, and
+  much of it is paid per wake-up: a thread woken after idling runs its code cold. One process's
+  search of a sample costs about 2 ms of CPU on its own (synthetic roles called directly, their
+  work included; 0.45 ms more to read the sample), and an RPC round trip costs its caller 70 us
+  back to back but 350-470 us after 20 ms idle (a two-process rpc_sync loop). A sample's driver
+  wakes once per role call (about 6 with the judge remote): fewer wake-ups move item 3 most.
 - Item 6: each repeat runs the sequential baseline (one rank, one sample in flight) first, then
   the layouts; the ratios are taken within a repeat."""
 ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8")
@@ -139,12 +141,16 @@ def main(argv: list[str]) -> int:
 
 
 def write_results(rows: list[Row], log_lines: list[str], host: str, command: str) -> None:
+    """Rewrites the run's part of RESULTS.md; the sections after it (second-level headings, such
+    as figures measured on a lent GPU) are kept."""
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+    kept = old[old.index("\n## "):] if "\n## " in old else ""
     RESULTS.write_text(
         f"# Benchmark results\n\nDate: {date}  \nMachine: {host}  \n"
         f"Command (from the repository root, with the venv's python): `{command.strip()}`\n\n"
-        f"{markdown(rows)}\n\n{READING}\n\nLog of the run:\n\n```\n" + "\n".join(log_lines[1:]) + "\n```\n",
-        encoding="utf-8")
+        f"{markdown(rows)}\n\n{READING}\n\nLog of the run:\n\n```\n" + "\n".join(log_lines[1:]) + "\n```\n"
+        + kept, encoding="utf-8")
     print(f"wrote {RESULTS}")
 
 
