@@ -34,18 +34,25 @@ def group_of(python_name: str) -> str | None:
     return "transport"  # gloo's reply threads
 
 
+def thread_cpu_clock(tid: int) -> int:
+    """The kernel's CPU clock of thread `tid` of this process (what pthread_getcpuclockid gives,
+    built from the kernel's thread id: a thread that has ended gives EINVAL, where
+    pthread_getcpuclockid would read its freed descriptor)."""
+    return ((~tid) << 3) | 6  # CPUCLOCK_PERTHREAD_MASK | CPUCLOCK_SCHED, as glibc makes it
+
+
 def cpu_by_group() -> dict[str, float]:
-    """CPU seconds spent so far by this process's threads, by group. Python threads read their
-    own CPU clocks; the rest of the process's time is native threads' (torch's RPC request
-    handlers, TensorPipe and gloo I/O): transport. One clock_gettime per thread: reading
-    /proc/self/task/*/schedstat instead took a seventh of a rank's CPU, disturbing what it
-    measured."""
+    """CPU seconds spent so far by this process's threads, by group: each live Python thread's
+    CPU clock, and the rest of the process's time as transport (native threads: torch's RPC
+    request handlers, TensorPipe and gloo I/O; and Python threads that have ended, none in a
+    steady window). One clock_gettime per thread: reading /proc/self/task/*/schedstat instead
+    took a seventh of a rank's CPU, disturbing what it measured."""
     cpu = dict.fromkeys(GROUPS, 0.0)
     total = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
     python_threads = 0.0
     for thread in threading.enumerate():
         try:
-            seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            seconds = time.clock_gettime(thread_cpu_clock(thread.native_id))
         except (OSError, TypeError):  # the thread has just ended, or not yet started
             continue
         python_threads += seconds
