@@ -71,9 +71,10 @@ def _train_tokenizer(extra_lines: tuple[str, ...] = ()):
     return GemmaTokenizer(vocab=trained["vocab"], merges=merges, model_max_length=TEXT_LENGTH)
 
 
-def build(out_dir: Path, hidden: int = HIDDEN, extra_lines: tuple[str, ...] = ()) -> None:
-    """The random twin; the trained demo scorer (models/trained) is built wider, its tokenizer
-    also trained on the demo world's queries (`extra_lines`)."""
+def build(out_dir: Path, hidden: int = HIDDEN, extra_lines: tuple[str, ...] = (),
+          image_size: int = IMAGE_SIZE) -> None:
+    """The random twin; the trained demo scorer (models/trained) is built wider and for smaller
+    images, its tokenizer also trained on the demo world's queries (`extra_lines`)."""
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
@@ -88,11 +89,11 @@ def build(out_dir: Path, hidden: int = HIDDEN, extra_lines: tuple[str, ...] = ()
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
-        vision_config={**towers, "patch_size": PATCH_SIZE, "image_size": IMAGE_SIZE},
+        vision_config={**towers, "patch_size": PATCH_SIZE, "image_size": image_size},
     )
     torch.manual_seed(0)
     SiglipModel(config).eval().save_pretrained(out_dir)
 
-    image_processor = SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=2,
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size}, resample=2,
                                            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rescue_eval.training.loop import THREADS, Report, seed_for, write_card
 
-# Steps per twin at scale 1: about 14 minutes in all on 2 CPU cores.
-STEPS = {"executor": 1000, "scorer": 400, "planner": 650, "judge": 400}
+# Steps per twin at scale 1: about 12.5 minutes in all on 2 CPU cores.
+STEPS = {"executor": 1000, "scorer": 3000, "planner": 650, "judge": 400}
 HELD_OUT = range(1_000_000, 1_000_100)  # training scenes far past any a twin trains on
 JUDGE_FIRST_SCENE = 500_000  # the judge's scenes follow none of the planner's
 

@@ -111,6 +111,25 @@ def candidate_masks(scene: TrainingScene, rng: np.random.Generator) -> list[np.n
     return [target, *others, cut, grown, patch & ~target]
 
 
+def loose_box_masks(scene: TrainingScene, rng: np.random.Generator, count: int = 2) -> list[np.ndarray]:
+    """What the executor makes of a planner's loose box: every shape's visible pixels inside it.
+    A box on the target and on `count` shapes drawn at random (the target may be among them),
+    each either on the planner's grid (BOX_STEP) or jittered. A box on that grid often takes in
+    a neighbour, so most of a search's candidates look like these rather than one whole shape."""
+    shapes = np.logical_or.reduce(scene.masks)
+    picks = [scene.target, *rng.choice(len(scene.masks), size=min(count, len(scene.masks)), replace=False)]
+    masks = []
+    for i in picks:
+        if not scene.masks[i].any():
+            continue
+        x1, y1, x2, y2 = (answer_box_pixels(scene.masks[i]) if rng.random() < 0.5
+                          else jittered_box(scene.masks[i], rng, spread=0.3))
+        box = np.zeros_like(shapes)
+        box[int(y1):math.ceil(y2), int(x1):math.ceil(x2)] = True
+        masks.append(box & shapes)
+    return masks
+
+
 def whole_shapes(scene: TrainingScene) -> int:
     """How many of `candidate_masks(scene)` come first as whole shapes: the target and the others."""
     return 1 + sum(1 for i, m in enumerate(scene.masks) if i != scene.target and m.any())
