@@ -130,6 +130,11 @@ def loose_box_masks(scene: TrainingScene, rng: np.random.Generator, count: int =
     return masks
 
 
+def by_kind(measure: str, outcomes: dict[str, list]) -> dict[str, float]:
+    """The mean of each kind of query's outcomes, named "MEASURE, KIND queries" as the cards show them."""
+    return {f"{measure}, {kind} queries": float(np.mean(values)) for kind, values in sorted(outcomes.items())}
+
+
 def whole_shapes(scene: TrainingScene) -> int:
     """How many of `candidate_masks(scene)` come first as whole shapes: the target and the others."""
     return 1 + sum(1 for i, m in enumerate(scene.masks) if i != scene.target and m.any())

@@ -21,8 +21,8 @@ import numpy as np
 from rescue_eval.core.types import ScoreItem
 from rescue_eval.models.siglip2 import TEXT_LENGTH, Siglip2Scorer, masked_crop
 from rescue_eval.models.tiny import siglip2
-from rescue_eval.training.examples import (candidate_masks, iou, loose_box_masks, training_scene, whole_shapes,
-                                          world_queries)
+from rescue_eval.training.examples import (by_kind, candidate_masks, iou, loose_box_masks, training_scene,
+                                          whole_shapes, world_queries)
 from rescue_eval.training.loop import Report, fit
 
 SCENES_PER_STEP = 8
@@ -87,7 +87,6 @@ def evaluate(folder: Path, scenes: range) -> dict[str, float]:
         first.append(int(np.argmax(scores[:shapes]) == 0))
         kinds.setdefault(scene.reasoning, []).append(first[-1])
         above_part.append(int(scores[0] > scores[shapes]))
-    return {**{f"target ranked first among the scene's shapes, {kind} queries": float(np.mean(k))
-               for kind, k in sorted(kinds.items())},
+    return {**by_kind("target ranked first among the scene's shapes", kinds),
             "target ranked first among the scene's shapes": float(np.mean(first)),
             "target scored above a part of it": float(np.mean(above_part))}

@@ -22,8 +22,8 @@ from rescue_eval.models.prompts import BOX_FORMAT, STRATEGIES, duel_messages, pl
 from rescue_eval.models.qwen3_vl import Qwen3VLJudge, Qwen3VLPlanner
 from rescue_eval.models.tiny import qwen3_vl
 from rescue_eval.models.vlm_requests import PLANNER_MAX_PIXELS, duel_request, fit_image, rate_request
-from rescue_eval.training.examples import (BOX_STEP, answer_box, answer_box_pixels, candidate_masks, iou, training_scene,
-                                          whole_shapes, world_queries)
+from rescue_eval.training.examples import (BOX_STEP, answer_box, answer_box_pixels, by_kind, candidate_masks, iou,
+                                          training_scene, whole_shapes, world_queries)
 from rescue_eval.training.loop import Report, fit
 
 SIZES = {"width": 128, "layers": 4, "heads": 4, "kv_heads": 2, "vision_width": 64, "vision_depth": 2}
@@ -165,7 +165,7 @@ def evaluate_planner(folder: Path, scenes: range) -> dict[str, float]:
         first.append(hits[0])
         best.append(any(hits))
         kinds.setdefault(scene.reasoning, []).append(hits[0])
-    return {**{f"first hypothesis right, {kind} queries": float(np.mean(k)) for kind, k in sorted(kinds.items())},
+    return {**by_kind("first hypothesis right", kinds),
             "first hypothesis right": float(np.mean(first)), "one of 8 hypotheses right": float(np.mean(best))}
 
 
