@@ -69,7 +69,7 @@ def test_planner_answers_are_loose_boxes_on_the_step_and_only_answers_are_learnt
     from rescue_eval.core.masks import mask_box
     from rescue_eval.models.tiny import resolve_checkpoint as resolve
     from rescue_eval.training.examples import BOX_STEP, answer_box_pixels, training_scene
-    from rescue_eval.training.vlm import Encoder, plan_example
+    from rescue_eval.training.vlm import Encoder, list_example, plan_example
 
     for index in range(20):
         scene = training_scene(index)
@@ -79,11 +79,81 @@ def test_planner_answers_are_loose_boxes_on_the_step_and_only_answers_are_learnt
                 loose = answer_box_pixels(mask)
                 assert loose[0] <= x1 and loose[1] <= y1 and loose[2] >= x2 - 1e-9 and loose[3] >= y2 - 1e-9
     rng = np.random.default_rng(0)
-    examples = [plan_example(i, rng, naming_only=i % 2 == 0) for i in range(4)]
+    examples = [plan_example(i, rng, naming_only=i % 2 == 0) for i in range(4)] + [list_example(4)]
     encode = Encoder(AutoProcessor.from_pretrained(resolve("trained:planner")))
     batch = encode(examples)
     for row, (messages, _) in enumerate(examples):
         learnt = encode.processor.tokenizer.decode(batch["input_ids"][row][batch["labels"][row] != -100])
         answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
         assert learnt == "".join(answers)
-        assert all(v % BOX_STEP == 0 for a in answers for v in json.loads(a[:-len("<|im_end|>")])["bbox_2d"])
+        assert all(v % BOX_STEP == 0 for a in answers for line in a[:-len("<|im_end|>")].splitlines()
+                   for v in json.loads(line)["bbox_2d"])
+
+
+@pytest.mark.unit
+def test_the_listing_stage_names_every_visible_shape_left_to_right_and_the_stages_take_a_third_each():
+    from rescue_eval.training.examples import answer_box, training_scene
+    from rescue_eval.training.vlm import LIST_PROMPT, STAGES, list_example, planner_example
+
+    for index in range(10):
+        scene = training_scene(index)
+        messages, images = list_example(index)
+        assert messages[0]["content"][1]["text"] == LIST_PROMPT and images[0].size == scene.image.size
+        lines = [json.loads(line) for line in messages[-1]["content"].splitlines()]
+        visible = [i for i, mask in enumerate(scene.masks) if mask.any()]
+        assert sorted((line["label"], line["bbox_2d"]) for line in lines) == sorted(
+            (scene.names[i], answer_box(scene.masks[i])) for i in visible)
+        assert [line["bbox_2d"][0] for line in lines] == sorted(line["bbox_2d"][0] for line in lines)
+    rng = np.random.default_rng(0)
+    asked = [planner_example(0, rng, step, 9)[0][0]["content"][1]["text"] for step in range(9)]
+    assert len(STAGES) == 3 and asked[:3] == [LIST_PROMPT] * 3 and LIST_PROMPT not in asked[3:]
+    # naming ("Query: the red circle"), then the planner prompt (query, answer format, strategy)
+    assert [a.startswith("Query: the ") and "\n" not in a for a in asked[3:]] == [True] * 3 + [False] * 3
+
+
+@pytest.mark.unit
+def test_vision_labels_give_each_token_the_shape_covering_its_cell_and_its_place():
+    from rescue_eval.datamodules import world
+    from rescue_eval.training.vision import COLOURS, KINDS, token_labels
+
+    checked = 0
+    for index in range(10):
+        scene = world.scene("train", index)
+        rows, columns = scene.image.height // 32, scene.image.width // 32
+        labels = token_labels(scene, rows, columns).reshape(rows, columns, 4)
+        instances = scene.instance_map()
+        for row in range(rows):
+            for column in range(columns):
+                assert tuple(labels[row, column, 2:]) == (row, column)
+                cell = instances[row * 32:(row + 1) * 32, column * 32:(column + 1) * 32]
+                values, counts = np.unique(cell, return_counts=True)
+                if counts.max() < 0.75 * cell.size:
+                    continue  # no shape (or background) covers most of the cell clearly
+                covering = int(values[counts.argmax()])
+                expected = (0, 0)
+                if covering:
+                    shape = scene.shapes[covering - 1]
+                    expected = (1 + COLOURS.index(shape.color), 1 + KINDS.index(shape.kind))
+                    checked += 1
+                assert tuple(labels[row, column, :2]) == expected
+    assert checked >= 5
+    with pytest.raises(ValueError, match="at most 16 x 16"):
+        token_labels(world.scene("train", 0), 17, 4)
+
+
+@pytest.mark.unit
+def test_a_rate_scale_trains_the_parameters_under_its_prefix_at_that_factor():
+    import torch
+
+    from rescue_eval.training.loop import Report, fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+    report = Report("t", "t", "none", "random", steps=5, batch="8", learning_rate=0.1, rate_scales={"0.": 0.0})
+    inputs = torch.randn(8, 4)
+    fit(model, report, lambda step: model(inputs).pow(2).mean(), warmup=1)
+    frozen, trained = list(model[0].parameters()), list(model[1].parameters())
+    assert all(torch.equal(p, b) for p, b in zip(frozen, before[:2]))
+    assert not any(torch.equal(p, b) for p, b in zip(trained, before[2:]))
+    assert report.seconds > 0 and len(report.losses) == 1

@@ -27,6 +27,7 @@ class Report:
     steps: int
     batch: str
     learning_rate: float
+    rate_scales: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> factor on the rate
     parameters: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since the last entry)
     held_out: dict[str, float] = field(default_factory=dict)
@@ -40,12 +41,19 @@ def seed_for(name: str) -> int:
 def fit(model, report: Report, loss_of_step: Callable[[int], "object"], log_every: int = 25,
         warmup: int = 20) -> None:
     """AdamW with a linear warm-up and a cosine decay to a tenth of the rate; `loss_of_step(step)`
-    builds step's batch and returns its loss."""
+    builds step's batch and returns its loss. A parameter whose name starts with a prefix in
+    `report.rate_scales` trains at that factor of the rate."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            scale = next((f for prefix, f in report.rate_scales.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(scale, []).append(param)
+    params = [p for group in groups.values() for p in group]
     report.parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=report.learning_rate, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([{"params": group, "lr": report.learning_rate * scale}
+                                   for scale, group in groups.items()], lr=report.learning_rate, weight_decay=0.01)
 
     def rate(step: int) -> float:
         if step < warmup:
@@ -69,12 +77,14 @@ def fit(model, report: Report, loss_of_step: Callable[[int], "object"], log_ever
             print(f"  {report.name}: step {step + 1}/{report.steps}, loss {report.losses[-1][1]:.4f}", flush=True)
             window = []
     model.eval()
-    report.seconds = time.perf_counter() - start
+    report.seconds += time.perf_counter() - start
 
 
 def write_card(report: Report, folder: Path) -> None:
     """README.md (the model card) and training.json (the same figures, for tools) in `folder`."""
     curve = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in report.losses)
+    scaled = "".join(f"; parameters under `{prefix}` at {factor:g} x that rate"
+                     for prefix, factor in report.rate_scales.items())
     scores = "\n".join(f"| {name} | {value:.3f} |" for name, value in report.held_out.items())
     card = f"""# Demo twin `trained:{report.name}` ({report.role})
 
@@ -84,7 +94,7 @@ Shaped like `{report.base}` (same model and processor classes as the random twin
 say how often it is right there.
 
 - **Data:** {report.data}
-- **Steps:** {report.steps}, batch {report.batch}, AdamW at {report.learning_rate:g} (warm-up, cosine decay)
+- **Steps:** {report.steps}, batch {report.batch}, AdamW at {report.learning_rate:g} (warm-up, cosine decay){scaled}
 - **Parameters:** {report.parameters:,}
 - **Training time:** {report.seconds:.0f} s on {THREADS} CPU threads
 
