@@ -120,7 +120,7 @@ def test_vision_labels_give_each_token_the_shape_covering_its_cell_and_its_place
     for index in range(10):
         scene = world.scene("train", index)
         rows, columns = scene.image.height // 32, scene.image.width // 32
-        labels = token_labels(scene, rows, columns).reshape(rows, columns, 4)
+        labels = token_labels(scene, rows, columns, 32).reshape(rows, columns, 4)
         instances = scene.instance_map()
         for row in range(rows):
             for column in range(columns):
@@ -138,7 +138,33 @@ def test_vision_labels_give_each_token_the_shape_covering_its_cell_and_its_place
                 assert tuple(labels[row, column, :2]) == expected
     assert checked >= 5
     with pytest.raises(ValueError, match="at most 16 x 16"):
-        token_labels(world.scene("train", 0), 17, 4)
+        token_labels(world.scene("train", 0), 17, 4, 32)
+
+
+@pytest.mark.unit
+def test_vision_labels_line_up_with_the_towers_merged_tokens():
+    """Each merged token's colour label is the world colour nearest the mean colour of the four
+    patches the tower merges into it, for most shape tokens (a label read in another order than
+    the tower's matches about a third of them)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rescue_eval.datamodules import world
+    from rescue_eval.models.tiny import resolve_checkpoint
+    from rescue_eval.training.vision import COLOURS, batch
+
+    folder = resolve_checkpoint("trained:planner")
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs, labels = batch(processor, range(16))
+    tokens = AutoModelForImageTextToText.from_pretrained(folder).model.visual(
+        inputs["pixel_values"], grid_thw=inputs["image_grid_thw"], return_dict=True).pooler_output
+    assert tokens.shape[0] == len(labels)
+    images = processor.image_processor
+    patches = inputs["pixel_values"].reshape(len(labels), 4, 3, -1).mean(dim=(1, 3)).numpy()  # merged token x RGB
+    colours = patches * np.array(images.image_std) + np.array(images.image_mean)
+    palette = np.array([world.COLORS[name][0] for name in COLOURS]) / 255
+    shape_tokens = labels[:, 0].numpy() > 0
+    nearest = 1 + np.argmin(((colours[:, None] - palette[None]) ** 2).sum(-1), axis=1)
+    assert (nearest[shape_tokens] == labels[shape_tokens, 0].numpy()).mean() > 0.8
 
 
 @pytest.mark.unit
@@ -150,10 +176,12 @@ def test_a_rate_scale_trains_the_parameters_under_its_prefix_at_that_factor():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
     before = [p.detach().clone() for p in model.parameters()]
-    report = Report("t", "t", "none", "random", steps=5, batch="8", learning_rate=0.1, rate_scales={"0.": 0.0})
+    report = Report("t", "t", "none", "random", steps=1, batch="8", learning_rate=0.1, rate_scales={"0.": 0.5})
     inputs = torch.randn(8, 4)
     fit(model, report, lambda step: model(inputs).pow(2).mean(), warmup=1)
-    frozen, trained = list(model[0].parameters()), list(model[1].parameters())
-    assert all(torch.equal(p, b) for p, b in zip(frozen, before[:2]))
-    assert not any(torch.equal(p, b) for p, b in zip(trained, before[2:]))
-    assert report.seconds > 0 and len(report.losses) == 1
+    # Adam's first step moves every parameter with a gradient by its group's rate (times the sign)
+    moved = [(p.detach() - b).abs() for p, b in zip(model.parameters(), before)]
+    assert all(torch.allclose(m, torch.full_like(m, 0.05), atol=2e-3) for m in moved[:2])
+    assert all(torch.allclose(m, torch.full_like(m, 0.1), atol=2e-3) for m in moved[2:])
+    with pytest.raises(ValueError, match="starts with"):
+        fit(model, Report("t", "t", "none", "random", 1, "8", 0.1, rate_scales={"visual.": 0.1}), lambda step: 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 from rescue_eval.training.loop import THREADS, Report, seed_for, write_card
 
 # Steps per twin at scale 1: about 14 minutes in all on 2 CPU cores (13.7 measured).
-STEPS = {"executor": 1000, "scorer": 3000, "planner": 1300, "judge": 300}
+STEPS = {"executor": 1000, "scorer": 3000, "planner": 1300, "judge": 200}
 VISION_STEPS = 300  # the planner's vision pre-training (training/vision.py), before its STEPS
 HELD_OUT = range(1_000_000, 1_000_100)  # training scenes far past any a twin trains on
 JUDGE_FIRST_SCENE = 500_000  # the judge's scenes follow none of the planner's
@@ -44,7 +44,8 @@ def train_all(out_root: Path, scale: float = 1.0, held_out: range = HELD_OUT) ->
                                                     JUDGE_FIRST_SCENE),
         }
         for name, train in trainers.items():
-            print(f"training the demo {name} ({steps[name]} steps)", flush=True)
+            extra = f" after {vision_steps} of vision pre-training" if name == "planner" else ""
+            print(f"training the demo {name} ({steps[name]} steps{extra})", flush=True)
             torch.manual_seed(seed_for(name))
             folder = work / name
             folder.mkdir()

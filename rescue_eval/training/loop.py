@@ -46,14 +46,18 @@ def fit(model, report: Report, loss_of_step: Callable[[int], "object"], log_ever
     import torch
 
     groups: dict[float, list] = {}
+    matched = set()
     for name, param in model.named_parameters():
         if param.requires_grad:
-            scale = next((f for prefix, f in report.rate_scales.items() if name.startswith(prefix)), 1.0)
-            groups.setdefault(scale, []).append(param)
+            prefix = next((prefix for prefix in report.rate_scales if name.startswith(prefix)), None)
+            matched.add(prefix)
+            groups.setdefault(report.rate_scales.get(prefix, 1.0), []).append(param)
+    if unmatched := set(report.rate_scales) - matched:  # a renamed module must not train at the full rate unseen
+        raise ValueError(f"no trainable parameter of the {report.name} starts with {sorted(unmatched)}")
     params = [p for group in groups.values() for p in group]
     report.parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW([{"params": group, "lr": report.learning_rate * scale}
-                                   for scale, group in groups.items()], lr=report.learning_rate, weight_decay=0.01)
+                                   for scale, group in groups.items()], weight_decay=0.01)
 
     def rate(step: int) -> float:
         if step < warmup:

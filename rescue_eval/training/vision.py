@@ -1,14 +1,16 @@
 """Dense pre-training of the Qwen3-VL twin's vision tower on the demo world, before the planner.
 
 Trained only through the language model, the twin's vision tower stops learning within a
-hundred steps: its output reaches the language model through RMSNorm, so its scale is free, and
+hundred steps: the language model reads its tokens through RMSNorm, so their scale is free, and
 Adam's steps inflate the merger's weights until the tower's effective rate is nil (gradient norm
 5.9 at step 0, 0.002 at step 100; image tokens' norm 0.6 to 20 against 0.3 for text). So the
-tower first learns what the world's pictures hold: every merged image token (32 x 32 px)
-predicts the colour and the kind of the shape covering most of it (or background) and its own
-row and column, through a linear head on its layer-normed output. The head is then dropped and
-the mergers' output scaled to norm 1 (a text token's is about 0.4), so the language model
-starts from features it can read; the planner then trains the tower at a tenth of the rate (vlm.py).
+tower first learns what the world's pictures hold: every merged image token (32 x 32 px at the
+processor's size) predicts the colour and the kind of the shape covering most of it (or
+background) and its own row and column, through a linear head on its layer-normed output. The
+head is then dropped and the merger's output scaled to mean norm 1, near the text's scale, so
+the language model starts from features it can read. The deepstack mergers (their output is
+added to the language model's hidden states) are not pre-trained, only scaled the same way. The
+planner then trains the tower at a tenth of the rate (vlm.py).
 """
 from __future__ import annotations
 
@@ -21,20 +23,22 @@ from rescue_eval.models.vlm_requests import PLANNER_MAX_PIXELS, fit_image
 
 COLOURS = list(world.COLORS)
 KINDS = list(world.CORNERS)
-GRID_CELLS = 16  # rows (and columns) of merged tokens a demo picture can have
-FEATURES = {"colour": 1 + len(COLOURS), "kind": 1 + len(KINDS), "row": GRID_CELLS, "column": GRID_CELLS}
+POSITIONS = 16  # classes for a token's row and column: a cap above the demo pictures' 7 x 10 grid
+LABEL_CLASSES = {"colour": 1 + len(COLOURS), "kind": 1 + len(KINDS), "row": POSITIONS, "column": POSITIONS}
 SCENES_PER_STEP = 16
 LEARNING_RATE = 3e-3
 
 
-def token_labels(scene: world.Scene, rows: int, columns: int) -> np.ndarray:
+def token_labels(scene: world.Scene, rows: int, columns: int, cell: int) -> np.ndarray:
     """(rows x columns) x 4 ints: the colour and kind (0: background) of the shape covering most
-    of each merged token's cell, and the cell's row and column, in the tower's token order."""
+    of each merged token's cell (`cell` px square at the processor's size), and the cell's row and
+    column, in the tower's token order (row-major)."""
     from PIL import Image
 
-    if rows > GRID_CELLS or columns > GRID_CELLS:
-        raise ValueError(f"a demo picture has at most {GRID_CELLS} x {GRID_CELLS} merged tokens, not {rows} x {columns}")
-    cell = 32  # pixels a merged token covers at the processor's size (patch 16, merge 2)
+    if rows > POSITIONS or columns > POSITIONS:
+        raise ValueError(f"position labels cover at most {POSITIONS} x {POSITIONS} merged tokens, "
+                         f"not {rows} x {columns}")
+    # the processor resizes the picture to the grid; the instance map is stretched the same way
     instances = Image.fromarray(scene.instance_map()).resize((columns * cell, rows * cell), Image.NEAREST)
     cells = np.asarray(instances).reshape(rows, cell, columns, cell).transpose(0, 2, 1, 3).reshape(rows * columns, -1)
     labels = []
@@ -56,25 +60,28 @@ def batch(processor, scenes: range):
     inputs = processor.image_processor(images=[fit_image(s.image, PLANNER_MAX_PIXELS) for s in shown],
                                        return_tensors="pt")
     merge = processor.image_processor.merge_size
-    labels = [token_labels(s, h // merge, w // merge) for s, (_, h, w) in zip(shown, inputs["image_grid_thw"].tolist())]
+    cell = processor.image_processor.patch_size * merge
+    labels = [token_labels(s, h // merge, w // merge, cell)
+              for s, (_, h, w) in zip(shown, inputs["image_grid_thw"].tolist())]
     return inputs, torch.from_numpy(np.concatenate(labels))
 
 
 def pretrain(model, processor, steps: int, held_out: range) -> tuple[dict[str, float], float]:
     """Train `model`'s vision tower on the training scenes 0 .. steps x 16 - 1, rescale its
-    mergers, and return the head's held-out accuracy per feature and the seconds it took."""
+    mergers (measured on the last training batch), and return the head's accuracy per label on
+    the `held_out` scenes and the seconds it took."""
     import torch
     import torch.nn.functional as F
 
     start = time.perf_counter()
     visual = model.model.visual
-    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(FEATURES.values()))
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(LABEL_CLASSES.values()))
     params = list(visual.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.01)
 
     def logits(inputs):
         tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"], return_dict=True).pooler_output
-        return head(F.layer_norm(tokens, tokens.shape[-1:])).split(list(FEATURES.values()), dim=-1)
+        return head(F.layer_norm(tokens, tokens.shape[-1:])).split(list(LABEL_CLASSES.values()), dim=-1)
 
     visual.train()
     for step in range(steps):
@@ -86,15 +93,15 @@ def pretrain(model, processor, steps: int, held_out: range) -> tuple[dict[str, f
         optimizer.step()
     visual.eval()
     with torch.no_grad():
+        _scale_mergers_to_unit_norm(visual, inputs)  # the last training batch: no held-out scene decides it
         inputs, labels = batch(processor, held_out)
         accuracy = {f"image tokens' {name} read right (vision pre-training)": float((out.argmax(-1) == labels[:, k])
                                                                                      .float().mean())
-                    for k, (name, out) in enumerate(zip(FEATURES, logits(inputs)))}
-        _scale_to_text_norm(visual, inputs)
+                    for k, (name, out) in enumerate(zip(LABEL_CLASSES, logits(inputs)))}
     return accuracy, time.perf_counter() - start
 
 
-def _scale_to_text_norm(visual, inputs) -> None:
+def _scale_mergers_to_unit_norm(visual, inputs) -> None:
     """Scale the merger's and the deepstack mergers' last layers so their tokens have mean norm 1."""
     out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"], return_dict=True)
     for merger, tokens in [(visual.merger, out.pooler_output),

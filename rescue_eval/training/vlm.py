@@ -37,7 +37,7 @@ from rescue_eval.training.loop import Report, fit
 SIZES = {"width": 64, "layers": 4, "heads": 4, "kv_heads": 2, "vision_width": 64, "vision_depth": 2}
 BATCH = 16
 STAGES = ("listing", "naming", "queries")  # the planner's curriculum, a third of the steps each
-VISION_RATE = {"model.visual.": 0.1}  # the vision tower at a tenth of the rate (vision.py says why)
+VISION_RATE_SCALES = {"model.visual.": 0.1}  # the vision tower at a tenth of the rate (vision.py says why)
 LIST_PROMPT = "List every shape with its box."
 COMPACT = {"separators": (",", ":")}  # the answer as the grammar writes it
 
@@ -85,8 +85,8 @@ def answered(messages: list[dict], answer: str) -> list[dict]:
 def plan_example(index: int, rng: np.random.Generator, naming_only: bool):
     """A picture and turns asking for shapes, each answered with its box. The turns name each
     shape that has a unique name ("Query: the red circle"); unless `naming_only`, the first turn
-    is the planner prompt for the scene's query with a random strategy. Naming comes first in
-    training (a curriculum): it teaches where things are with many short answers per picture."""
+    is the planner prompt for the scene's query with a random strategy. Naming teaches where
+    things are with many short answers per picture; it comes before the queries (STAGES)."""
     scene = training_scene(index)
     names = scene.names
     unique = [i for i in range(len(names)) if names.count(names[i]) == 1 and scene.masks[i].any()]
@@ -103,7 +103,7 @@ def plan_example(index: int, rng: np.random.Generator, naming_only: bool):
 
 def list_example(index: int):
     """A picture and a request to list its shapes, answered with one line per visible shape,
-    left to right: its name and its box."""
+    left to right (by the answer box's left edge, then its top): its name and its box."""
     scene = training_scene(index)
     visible = sorted((i for i, m in enumerate(scene.masks) if m.any()), key=lambda i: answer_box(scene.masks[i]))
     answer = "\n".join(json.dumps({"label": scene.names[i], "bbox_2d": answer_box(scene.masks[i])}, **COMPACT)
@@ -113,7 +113,7 @@ def list_example(index: int):
 
 
 def planner_example(index: int, rng: np.random.Generator, step: int, steps: int):
-    stage = STAGES[min(len(STAGES) - 1, len(STAGES) * step // steps)]
+    stage = STAGES[len(STAGES) * step // steps]
     return list_example(index) if stage == "listing" else plan_example(index, rng, naming_only=stage == "naming")
 
 
@@ -166,7 +166,7 @@ def train_planner(out_dir: Path, steps: int, vision_steps: int, held_out: range)
         "shape, left to right; a turn for each uniquely named shape (\"Query: the red circle\"); the planner prompt "
         "for the scene's query with a random strategy, followed by such turns for the other shapes. Every box is "
         f"on the 0..1000 grid, rounded outward to multiples of {BOX_STEP}"),
-        steps=steps, batch=str(BATCH), learning_rate=3e-3, rate_scales=VISION_RATE)
+        steps=steps, batch=str(BATCH), learning_rate=3e-3, rate_scales=VISION_RATE_SCALES)
     qwen3_vl._build(out_dir, moe=False, thinking=False, sizes=SIZES, corpus=tokenizer_corpus(), bpe_vocab_size=1000)
 
     def pretrain_vision(model, processor):
@@ -184,7 +184,7 @@ def train_judge(out_dir: Path, planner_dir: Path, steps: int, held_out: range, f
         f"demo-world training scenes {first_scene}-{first_scene + steps * BATCH - 1}, starting from the planner's "
         "weights: half ratings of one candidate mask (answer round(10 x IoU with the target)), half duels between "
         "two candidates whose IoUs differ by more than 0.25"), steps=steps, batch=str(BATCH), learning_rate=1e-3,
-        rate_scales=VISION_RATE)
+        rate_scales=VISION_RATE_SCALES)
     shutil.copytree(planner_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md", "*.json.card"))
     _train(report, out_dir, first_scene, judge_example)
     report.held_out = evaluate_judge(out_dir, held_out)
