@@ -105,9 +105,10 @@ def list_example(index: int):
     """A picture and a request to list its shapes, answered with one line per visible shape,
     left to right (by the answer box's left edge, then its top): its name and its box."""
     scene = training_scene(index)
-    visible = sorted((i for i, m in enumerate(scene.masks) if m.any()), key=lambda i: answer_box(scene.masks[i]))
-    answer = "\n".join(json.dumps({"label": scene.names[i], "bbox_2d": answer_box(scene.masks[i])}, **COMPACT)
-                       for i in visible)
+    # a stable sort on the box alone: shapes with the same rounded box keep their drawing order
+    boxes = sorted(((answer_box(m), name) for m, name in zip(scene.masks, scene.names) if m.any()),
+                   key=lambda pair: pair[0])
+    answer = "\n".join(json.dumps({"label": name, "bbox_2d": box}, **COMPACT) for box, name in boxes)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": LIST_PROMPT}]}]
     return answered(messages, answer), [fit_image(scene.image, PLANNER_MAX_PIXELS)]
 
