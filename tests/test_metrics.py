@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rescue_eval.core.masks import intersection_union, sample_iou
+from rescue_eval.core.masks import EncodedMask, GroundTruth, encode_rle, intersection_union, sample_iou
 from rescue_eval.core.metrics import FAILURE_REASONS, SplitMetrics, SweepIoU
 
 pytestmark = pytest.mark.unit
@@ -71,6 +71,17 @@ def test_matches_lisa_on_random_masks_with_ignore():
     assert ours["giou"] == pytest.approx(giou, abs=1e-6)
     assert ours["ciou"] == pytest.approx(ciou, abs=1e-6)
     assert ours["n_samples"] == 400
+
+
+def test_a_mask_still_in_rle_is_scored_exactly_as_its_pixels():
+    """The driver scores masks from a remote executor on their runs (core.masks.EncodedMask)."""
+    rng = np.random.default_rng(2)
+    for _ in range(400):
+        pred, gt = random_case(rng, int(rng.integers(2, 40)), int(rng.integers(2, 40)))
+        truth = GroundTruth(gt)
+        assert truth.intersection_union(EncodedMask(encode_rle(pred))) == truth.intersection_union(pred)
+    with pytest.raises(ValueError, match="cannot be scored"):
+        truth.intersection_union(EncodedMask(encode_rle(np.zeros((gt.shape[0] + 1, gt.shape[1]), bool))))
 
 
 def test_empty_union_scores_one_and_ignore_counts_nowhere():

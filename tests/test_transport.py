@@ -1,6 +1,7 @@
 """What crosses the wire between ranks: original image bytes once per host and sample, masks
 as lossless RLE. (RPC itself is exercised by test_distributed.py under torchrun.)"""
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 from rescue_eval.core import masks as masks_mod
 from rescue_eval.core.types import DuelItem, JudgeAnswer, Sample, ScoreItem
 from rescue_eval.dist import rpc
-from rescue_eval.dist.serving import RoleServer
+from rescue_eval.dist.serving import LocalRole, RoleServer
 from rescue_eval.dist.wire import DecodedCache, ImageNotCached, pack, unpack
 
 pytestmark = pytest.mark.unit
@@ -52,8 +53,8 @@ def test_a_mask_is_encoded_once_per_process_and_decoded_once_per_host(monkeypatc
     """A sample's masks cross several times (scorer, ratings, duels, the JSONL): a mask that
     came over the wire is read-only and keeps its RLE, and a host decodes an RLE once."""
     masks = [np.random.default_rng(k).random((60, 80)) < 0.3 for k in range(2)]
-    received = unpack(pack(masks))  # the driver's copy of the executor's answer
-    assert all(np.array_equal(r, m) and not r.flags.writeable for r, m in zip(received, masks))
+    received = unpack(pack(masks))  # the driver's copy of the executor's answer, not decoded
+    assert all(isinstance(r, masks_mod.EncodedMask) and np.array_equal(r.pixels(), m) for r, m in zip(received, masks))
     encodes = []
     real_encode = masks_mod.coco_mask.encode
     monkeypatch.setattr(masks_mod.coco_mask, "encode", lambda a: encodes.append(1) or real_encode(a))
@@ -62,10 +63,12 @@ def test_a_mask_is_encoded_once_per_process_and_decoded_once_per_host(monkeypatc
     assert encodes == []  # sent on twice without encoding again
     assert on_host[0][0] is on_host[1][1] and on_host[0][1] is on_host[1][0]  # decoded once here
     assert masks_mod.encode_rle(received[0]) == masks_mod.encode_rle(masks[0]) and len(encodes) == 1
+    pixels = on_host[0][0]
     with pytest.raises(ValueError):
-        received[0][0, 0] = True  # read-only, so the kept RLE cannot go stale
+        pixels[0, 0] = True  # read-only, so the kept RLE cannot go stale
     with pytest.raises(ValueError):
-        received[0].flags.writeable = True  # and it stays so
+        pixels.flags.writeable = True  # and it stays so
+    assert masks_mod.encode_rle(pixels) == received[0].rle and len(encodes) == 1  # a decoded mask keeps its RLE
 
 
 def test_a_local_backends_mask_is_encoded_once_once_frozen_and_a_writable_one_every_time(monkeypatch):
@@ -117,13 +120,53 @@ def test_the_mask_cache_keeps_to_its_byte_budget():
     assert cache._mask_bytes <= cache.mask_capacity
 
 
+def test_a_driver_with_a_remote_executor_decodes_no_mask(monkeypatch):
+    """The executor's masks reach the searching thread as EncodedMasks: it scores, records and
+    sends them on without their pixels, and each is decoded once, by the local scorer's and
+    judge's server (with_pixels). The record is the one an all-local search writes."""
+    from rescue_eval.core.search import Roles, search_sample
+    from rescue_eval.dist.calls import RemoteRole, answer_request
+    from tests.doubles import BoxFillSegmenter
+    from tests.test_rescue import roles, sample, settings
+
+    def without_timing(record):
+        return {k: v for k, v in record.items() if k != "timing"}
+
+    expected = search_sample(sample(0), roles(), settings(8))
+    local = roles()
+    servers = {name: RoleServer(name, backend) for name, backend in
+               (("executor", BoxFillSegmenter()), ("scorer", local.scorer), ("judge", local.judge))}
+    host_cache = DecodedCache()
+
+    def send(target, role, method, packed):  # a transport within this process
+        answered, answers = threading.Event(), []
+        answer_request(servers, host_cache, role, method, packed, lambda a: answers.append(a) or answered.set())
+        assert answered.wait(10)
+        return answers[0]
+
+    decoded_by = []
+    real_decode = masks_mod.coco_mask.decode
+    monkeypatch.setattr(masks_mod.coco_mask, "decode",
+                        lambda rles: decoded_by.append(threading.current_thread().name) or real_decode(rles))
+    searched = Roles(local.planner, RemoteRole("executor", [1], send), LocalRole(servers["scorer"]),
+                     LocalRole(servers["judge"]))
+    try:
+        record = search_sample(sample(0), searched, settings(8))
+    finally:
+        for server in servers.values():
+            server.close()
+    assert without_timing(record) == without_timing(expected)
+    assert decoded_by and all(name in ("role-scorer", "role-judge") for name in decoded_by)
+    assert len(decoded_by) == len(record["candidates"])  # once per mask
+
+
 def test_masks_on_the_wire_are_much_smaller_than_raw_bool():
     mask = np.zeros((1024, 1024), dtype=bool)
     yy, xx = np.mgrid[:1024, :1024]
     mask[(yy - 500) ** 2 + (xx - 400) ** 2 < 300 ** 2] = True
     wire = len(pack(mask))
     assert wire * 8 < mask.nbytes
-    assert np.array_equal(unpack(pack(mask)), mask)
+    assert np.array_equal(unpack(pack(mask)).pixels(), mask)
 
 
 def test_answers_without_images_pass_unchanged():

@@ -1,11 +1,13 @@
 """Masks: COCO RLE encoding, IoU under LISA's ignore policy, pairwise agreement, drawing.
 
-Masks are bool HxW numpy arrays everywhere inside the harness; on disk and on the wire they
-are COCO RLE (pycocotools), which is lossless and small for the blobby shapes SAM produces,
-and the candidates' pairwise IoU is computed on the RLE.
+Masks are bool HxW numpy arrays inside the harness, except that a mask which arrived over the
+wire stays an `EncodedMask` on the rank that asked for it until a backend needs its pixels; on
+disk and on the wire they are COCO RLE (pycocotools), which is lossless and small for the
+blobby shapes SAM produces, and the candidates' pairwise IoU is computed on the RLE.
 """
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from typing import Iterator
 
@@ -24,8 +26,47 @@ UNION_EPS = 1e-5  # LISA: iou = intersection / (union + 1e-5)
 _KNOWN_RLE: dict[int, tuple[weakref.ref, dict]] = {}
 
 
-def encode_rle(mask: np.ndarray) -> dict:
+class EncodedMask:
+    """A mask as the COCO RLE it arrived in, decoded only when something needs its pixels.
+
+    A search's driver scores a candidate against the ground truth on its runs (`GroundTruth`),
+    records its RLE and sends it on as RLE, so it never needs the pixels of masks that a remote
+    executor made: decoding them took a tenth of its CPU per sample (benchmarks/RESULTS.md,
+    item 3). A backend gets pixels (`with_pixels`), decoded once per mask."""
+
+    __slots__ = ("rle", "_pixels")
+
+    def __init__(self, rle: dict):
+        self.rle, self._pixels = rle, None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.rle["size"])
+
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:  # two threads may both decode; either result is the same mask
+            self._pixels = decode_rle(self.rle)
+        return self._pixels
+
+
+def with_pixels(item):
+    """A role request (a dataclass of core.types) with its EncodedMasks decoded, as backends take them."""
+    if not dataclasses.is_dataclass(item):
+        return item
+    changes = {}
+    for f in dataclasses.fields(item):
+        value = getattr(item, f.name)
+        if isinstance(value, EncodedMask):
+            changes[f.name] = value.pixels()
+        elif isinstance(value, list) and any(isinstance(v, EncodedMask) for v in value):
+            changes[f.name] = [v.pixels() if isinstance(v, EncodedMask) else v for v in value]
+    return dataclasses.replace(item, **changes) if changes else item
+
+
+def encode_rle(mask: np.ndarray | EncodedMask) -> dict:
     """Bool HxW -> {"size": [h, w], "counts": str} (COCO compressed RLE, JSON-ready)."""
+    if isinstance(mask, EncodedMask):
+        return mask.rle
     known = _KNOWN_RLE.get(id(mask))
     if known is not None and known[0]() is mask:
         return known[1]
@@ -36,18 +77,25 @@ def encode_rle(mask: np.ndarray) -> dict:
     return rle
 
 
+def _coco(rle: dict) -> dict:
+    """Our JSON-ready RLE as pycocotools takes it."""
+    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
 def decode_rle(rle: dict) -> np.ndarray:
     """RLE -> bool HxW, read-only (encode_rle gives its RLE back without encoding it again)."""
-    owner = coco_mask.decode([{"size": rle["size"], "counts": rle["counts"].encode("ascii")}])  # h x w x 1
+    owner = coco_mask.decode([_coco(rle)])  # h x w x 1
     owner.flags.writeable = False  # then no view of it can be made writable again
     mask = owner[:, :, 0].view(bool)  # 0/1 bytes viewed as bool: no second copy
     _remember(mask, rle)
     return mask
 
 
-def freeze(mask) -> np.ndarray:
+def freeze(mask) -> np.ndarray | EncodedMask:
     """A bool mask that nothing can change (a read-only copy unless it already is one), so that
     its RLE is encoded once however often it is sent or recorded."""
+    if isinstance(mask, EncodedMask):
+        return mask
     if isinstance(mask, np.ndarray) and mask.dtype == bool and _frozen(mask):
         return mask
     frozen = np.array(mask, dtype=bool)  # a copy that owns its data
@@ -78,13 +126,28 @@ class GroundTruth:
         self.valid = None if valid.all() else valid  # most masks have no ignore pixels
         self.target = (gt == 1) & valid
         self.target_area = int(np.count_nonzero(self.target))
+        self._runs = None  # the target's and the valid pixels' RLE, made for the first EncodedMask
 
-    def intersection_union(self, pred: np.ndarray) -> tuple[int, int]:
+    def intersection_union(self, pred: np.ndarray | EncodedMask) -> tuple[int, int]:
+        if isinstance(pred, EncodedMask):
+            return self._on_runs(pred)
         pred = pred.astype(bool, copy=False)
         if self.valid is not None:
             pred = pred & self.valid
         inter = int(np.count_nonzero(pred & self.target))
         return inter, int(np.count_nonzero(pred)) + self.target_area - inter
+
+    def _on_runs(self, pred: EncodedMask) -> tuple[int, int]:
+        """The same counts from the runs, without decoding the mask."""
+        if pred.shape != self.target.shape:
+            raise ValueError(f"a {pred.shape} mask cannot be scored against a {self.target.shape} ground truth")
+        if self._runs is None:
+            parts = [self.target] if self.valid is None else [self.target, self.valid]
+            self._runs = [_coco(encode_rle(part)) for part in parts]
+        runs = _coco(pred.rle)
+        inter = int(coco_mask.area(coco_mask.merge([runs, self._runs[0]], intersect=True)))
+        valid = runs if self.valid is None else coco_mask.merge([runs, self._runs[1]], intersect=True)
+        return inter, int(coco_mask.area(valid)) + self.target_area - inter
 
 
 def sample_iou(inter: int, union: int) -> float:
@@ -112,7 +175,7 @@ def iou_rows(rles: list[dict], rows_per_call: int = 16) -> Iterator[np.ndarray]:
     """The rows of the N x N IoU matrix of masks given as RLE, computed on the runs by
     pycocotools without decoding a mask, `rows_per_call` rows per call (each call parses every
     RLE again): memory O(rows_per_call x N). Two empty masks agree fully (1.0)."""
-    coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    coco = [_coco(r) for r in rles]
     empty = np.array([coco_mask.area(c) == 0 for c in coco], dtype=bool)
     for start in range(0, len(coco), rows_per_call):
         rows = np.asarray(coco_mask.iou(coco[start:start + rows_per_call], coco, [0] * len(coco)), dtype=np.float64)

@@ -97,6 +97,8 @@ class SegmentItem:
     boxes: list[Box]
 
 
+# The masks of ScoreItem, RateItem and DuelItem are bool HxW arrays for a backend; in a search
+# whose executor is on another rank they are core.masks.EncodedMask until a backend takes them.
 @dataclass
 class ScoreItem:
     image: Image.Image

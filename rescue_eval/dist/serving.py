@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
+from rescue_eval.core.masks import with_pixels
 from rescue_eval.core.protocols import ROLE_METHODS
 
 
@@ -110,7 +111,8 @@ class RoleServer:
         self.queue_wait_s += sum(start - r.submitted for r in batch) / len(batch)
         fn = getattr(self.backend, method)
         try:
-            answers = fn([item for r in batch for item in r.items])
+            # masks from another rank's executor reach a local request as EncodedMasks (core.masks)
+            answers = fn([with_pixels(item) for r in batch for item in r.items])
             if len(answers) != sum(len(r.items) for r in batch):
                 raise RuntimeError(f"{self.name}.{method} returned {len(answers)} answers")
             offset = 0
@@ -123,7 +125,7 @@ class RoleServer:
             else:
                 for r in batch:
                     try:
-                        self._deliveries.put((r.future.set_result, fn(r.items)))
+                        self._deliveries.put((r.future.set_result, fn([with_pixels(item) for item in r.items])))
                     except Exception as one:  # noqa: BLE001
                         self._deliveries.put((r.future.set_exception, one))
         finally:

@@ -3,8 +3,9 @@ masks are reduced to their wire forms.
 
 Images are their original encoded bytes, sent once per role host and sample (the host keeps
 the decoded image in a small cache and asks again if it was evicted); masks are COCO RLE
-(lossless), encoded once per process (`core.masks` remembers the RLE of a mask it decoded) and
-decoded once per host (`DecodedCache`). Every transport uses these forms.
+(lossless), encoded once per process (`core.masks` remembers the RLE of a mask it decoded),
+decoded once per host (`DecodedCache`), and not at all in answers: the caller gets
+`EncodedMask`s, whose pixels only a backend needs. Every transport uses these forms.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
-from rescue_eval.core.masks import decode_rle, encode_rle
+from rescue_eval.core.masks import EncodedMask, decode_rle, encode_rle
 from rescue_eval.core.types import decode_image_bytes
 
 
@@ -58,6 +59,8 @@ class _WirePickler(pickle.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, np.ndarray) and obj.dtype == bool and obj.ndim == 2:
             return _received_mask, (encode_rle(obj),)  # free for a mask that came over the wire
+        if isinstance(obj, EncodedMask):
+            return _received_mask, (obj.rle,)
         if isinstance(obj, Image.Image):
             key, data = obj.info.get("source") or _encode_png(obj)
             if self.sent is not None:
@@ -68,9 +71,10 @@ class _WirePickler(pickle.Pickler):
         return NotImplemented  # everything else is pickled as usual
 
 
-def _received_mask(rle: dict) -> np.ndarray:
+def _received_mask(rle: dict) -> np.ndarray | EncodedMask:
+    """Pixels on a role host, for its backend; an EncodedMask in an answer, for the search."""
     cache = _receiving.cache
-    return cache.mask(rle) if cache is not None else decode_rle(rle)
+    return cache.mask(rle) if cache is not None else EncodedMask(rle)
 
 
 def _received_image(key: str, data: bytes | None) -> Image.Image:
