@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rescue_eval.training.loop import THREADS, Report, seed_for, write_card
 
-# Steps per twin at scale 1: about 14 minutes in all on 2 CPU cores.
+# Steps per twin at scale 1: about 13.5 minutes in all on 2 CPU cores (runs here vary by 10 %).
 STEPS = {"executor": 1000, "scorer": 3000, "planner": 1300, "judge": 200}
 VISION_STEPS = 300  # the planner's vision pre-training (training/vision.py), before its STEPS
 HELD_OUT = range(1_000_000, 1_000_100)  # training scenes far past any a twin trains on
