@@ -26,9 +26,10 @@ READING = """How to read them (the module docstrings have the details):
   finished in the same steady window as the throughput, so a run can read a little above 1;
   with 160 samples per run the ratio spread over 0.93-1.08 here, with 480 over 0.98-1.02.
 - Item 3: the target is on the driver (this rank's own samples: search, requests packed and
-  sent, answers unpacked, JSONL, metrics). The whole rank adds serving its role to the other
-  ranks in the dedicated layout: unpickling their requests and decoding their images (JPEG,
-  once per host and sample) and masks for the hosted model. CPU time is measured in place, and
+  sent, answers unpacked, JSONL, metrics; the masks of a remote executor stay RLE there). The
+  whole rank adds serving its role in the dedicated layout: unpickling the other ranks'
+  requests and decoding their images (JPEG, once per host and sample) and masks for the hosted
+  model, and the pixels of its own samples' masks for it. CPU time is measured in place, and
   much of it is paid per wake-up: a thread woken after idling runs its code cold. One process's
   search of a sample costs about 2 ms of CPU on its own (synthetic roles called directly, their
   work included; 0.45 ms more to read the sample), and an RPC round trip costs its caller 70 us
