@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rescue_eval.core.errors import FatalError, is_transient
-from rescue_eval.core.masks import (GroundTruth, box_iou, encode_rle, freeze, intersection_union, iou_rows, mask_box,
+from rescue_eval.core.masks import (GroundTruth, box_iou, encode_rle, freeze, iou_rows, mask_box,
                                     sample_iou)
 from rescue_eval.core.types import Hypothesis, PlanItem, Sample, ScoreItem, SegmentItem
 from rescue_eval.core.agreement import PrefixAgreement
@@ -107,6 +107,14 @@ class _Work:
     hypotheses: list = None  # those kept as candidates
     masks: list = None
     siglip: list = None
+    _truth: GroundTruth = None
+
+    @property
+    def truth(self) -> GroundTruth | None:
+        """The ground truth's parts, computed once for scoring the candidates and the empty prediction."""
+        if self._truth is None and self.sample.gt_mask is not None:
+            self._truth = GroundTruth(self.sample.gt_mask)
+        return self._truth
 
     @property
     def failed(self) -> bool:
@@ -201,7 +209,7 @@ def fail(record: dict, reason: str, message: str, transient: bool = False) -> No
 def verify(w: _Work, roles: Roles, settings: SearchSettings) -> None:
     """Score every candidate against the ground truth (for the record and the oracle only, never
     for choosing) and run the verifier for each N of the sweep on the first N hypotheses."""
-    gt = GroundTruth(w.sample.gt_mask) if w.sample.gt_mask is not None else None
+    gt = w.truth
     rles = [encode_rle(m) for m in w.masks]  # encoded once per mask, and not at all for masks from the wire
     # candidates are in hypothesis order, so the first N hypotheses' candidates are a prefix
     duplicates = [h for h in w.all_hypotheses if h.status == "duplicate"]
@@ -238,8 +246,7 @@ def finish_record(w: _Work, settings: SearchSettings) -> None:
     prediction at every N. A sample whose ground truth is unreadable scores 0 and adds nothing
     to cIoU (its area is unknown)."""
     rec, gt = w.record, w.sample.gt_mask
-    empty = np.zeros(gt.shape, dtype=bool) if gt is not None else None
-    empty_scores = intersection_union(empty, gt) if gt is not None else None
+    empty_scores = (0, w.truth.target_area) if gt is not None else None  # an empty prediction's counts
     for n in settings.sweep:
         entry = rec["sweep"].setdefault(str(n), {"chosen": None, "cut_the_chase": False, "judge_calls": 0})
         chosen = entry["chosen"] if not w.failed else None
@@ -264,4 +271,4 @@ def finish_record(w: _Work, settings: SearchSettings) -> None:
         rec.update({k: top[k] for k in ("intersection", "union", "iou", "oracle_iou")})
     chosen = top["chosen"] if not w.failed else None
     rec["prediction"] = rec["candidates"][chosen]["mask"] if chosen is not None else (
-        encode_rle(empty) if empty is not None else None)
+        encode_rle(np.zeros(gt.shape, dtype=bool)) if gt is not None else None)
