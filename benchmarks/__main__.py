@@ -35,6 +35,11 @@ READING = """How to read them (the module docstrings have the details):
   work included; 0.45 ms more to read the sample), and an RPC round trip costs its caller 70 us
   back to back but 350-470 us after 20 ms idle (a two-process rpc_sync loop). A sample's driver
   wakes once per role call (about 6 with the judge remote): fewer wake-ups move item 3 most.
+  The same code on one machine moved by up to a third between consecutive runs (2026-11-30, 16 runs
+  in 95 minutes: driver 4.3-6.2 ms, whole rank 12.0-20.5), so a figure near its target passes
+  or misses with the minute it was taken in. The hosts' decoded-mask cache never fills in a run
+  this short, so every mask they decode lands in fresh memory (about 600 page faults per own
+  sample on the scorer's and judge's hosts): a longer run pays that only until it fills.
 - Item 6: each repeat runs the sequential baseline (one rank, one sample in flight) first, then
   the layouts; the ratios are taken within a repeat."""
 ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8")
