@@ -7,6 +7,7 @@ sample alone, which is scored and counted as a failure.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -107,14 +108,11 @@ class _Work:
     hypotheses: list = None  # those kept as candidates
     masks: list = None
     siglip: list = None
-    _truth: GroundTruth = None
 
-    @property
+    @functools.cached_property
     def truth(self) -> GroundTruth | None:
         """The ground truth's parts, computed once for scoring the candidates and the empty prediction."""
-        if self._truth is None and self.sample.gt_mask is not None:
-            self._truth = GroundTruth(self.sample.gt_mask)
-        return self._truth
+        return GroundTruth(self.sample.gt_mask) if self.sample.gt_mask is not None else None
 
     @property
     def failed(self) -> bool:
