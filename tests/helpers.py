@@ -141,6 +141,8 @@ def served_in_one_batch(role: str, backend, method: str, items: list) -> list:
     return answers
 
 
+TRANSPORTS = ("tcp", "rpc", "gloo")  # every distributed test that calls roles across ranks runs on each
+
 TORCHRUN_ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
 
 

@@ -1,4 +1,4 @@
-"""torchrun on CPU (gloo + TensorPipe RPC): the same results for any world size and layout,
+"""torchrun on CPU (role calls over plain TCP, TensorPipe RPC and gloo): the same results for any world size and layout,
 crash and resume, restarts, placement mistakes."""
 import json
 import re
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.helpers import decisions, ok, records, scores, torchrun
+from tests.helpers import TRANSPORTS, decisions, ok, records, scores, torchrun
 
 pytestmark = pytest.mark.torchrun
 
@@ -18,9 +18,9 @@ def env(cli_env):
     return cli_env
 
 
-@pytest.fixture(params=["rpc", "gloo"])
+@pytest.fixture(params=TRANSPORTS)
 def transport(request):
-    """Every test that calls roles across ranks runs on both transports."""
+    """Every test that calls roles across ranks runs on every transport."""
     return request.param
 
 
@@ -36,8 +36,9 @@ def baseline(env, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("world, layout", [(2, "colocated"), (3, "colocated"), (4, "colocated"),
-                                           (2, "dedicated"), (3, "dedicated"), (4, "dedicated")])
+# colocated ranks call no role across ranks: the transport is not started, so one run each
+@pytest.mark.parametrize("world, layout, transport", [
+    *[(w, "colocated", "tcp") for w in (2, 3, 4)], *[(w, "dedicated", t) for w in (2, 3, 4) for t in TRANSPORTS]])
 def test_identical_results_for_any_world_size_and_layout(env, baseline, tmp_path, world, layout, transport):
     out = tmp_path / f"w{world}-{layout}"
     ok(torchrun(env, world, out, *(dedicated(world) if layout == "dedicated" else []), transport=transport))

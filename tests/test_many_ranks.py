@@ -1,12 +1,12 @@
 """Many ranks on one machine: 24 ranks in the dedicated layout, on the benchmarks' synthetic
-backends (they only sleep), give the summary of 4 ranks, on both transports."""
+backends (they only sleep), give the summary of 4 ranks, on every transport."""
 import json
 
 import pytest
 
 from benchmarks.launch import COMMON_RUN_ARGS, torchrun
 from benchmarks.pipeline import DEDICATED, make_dataset
-from tests.helpers import decisions, records, scores
+from tests.helpers import TRANSPORTS, decisions, records, scores
 
 pytestmark = pytest.mark.torchrun
 
@@ -30,11 +30,11 @@ def run(world: int, out, data: list[str], transport: str) -> None:
 @pytest.fixture(scope="module")
 def four_ranks(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("many-ranks") / "w4"
-    run(4, out, data, "rpc")
+    run(4, out, data, "tcp")
     return out
 
 
-@pytest.mark.parametrize("transport", ["rpc", "gloo"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_24_ranks_give_the_summary_of_4(data, four_ranks, tmp_path, transport):
     out = tmp_path / "w24"
     run(24, out, data, transport)

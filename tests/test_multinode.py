@@ -12,7 +12,7 @@ import pytest
 
 from rescue_eval.dist.launch import NETWORK_VARIABLES
 from rescue_eval.io.results import load_records
-from tests.helpers import TORCHRUN_ARGS, cli, decisions, records, scores
+from tests.helpers import TORCHRUN_ARGS, TRANSPORTS, cli, decisions, records, scores
 from tests.netns import cluster
 
 pytestmark = pytest.mark.torchrun
@@ -49,8 +49,8 @@ def finish(procs, timeout=600):
     return [proc.communicate(timeout=timeout) + (proc.returncode,) for proc in procs]
 
 
-@pytest.mark.parametrize("transport", ["rpc", "gloo"])
-@pytest.mark.parametrize("layout", ["colocated", "dedicated"])
+# colocated ranks call no role across ranks: the transport is not started, so one run
+@pytest.mark.parametrize("layout, transport", [("colocated", "tcp"), *[("dedicated", t) for t in TRANSPORTS]])
 def test_two_nodes_give_the_one_process_results(env, one_process, tmp_path, layout, transport):
     out = tmp_path / "two-nodes"
     with cluster(2) as nodes:
@@ -67,7 +67,7 @@ def test_two_nodes_give_the_one_process_results(env, one_process, tmp_path, layo
         assert {role: summary["roles"][role]["ranks"] for role in ROLES} == {r: [k] for k, r in enumerate(ROLES)}
 
 
-@pytest.mark.parametrize("transport", ["rpc", "gloo"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_node_that_disappears_stops_the_job_and_the_rerun_resumes(env, one_process, tmp_path, transport):
     out = tmp_path / "lost-node"
     slow = ["--dist.transport", transport, "--run.parallel_requests", "1", *DEDICATED]

@@ -7,7 +7,7 @@ import pytest
 from rescue_eval import config
 from rescue_eval.core.errors import UsageError
 from rescue_eval.suite import load_suite
-from tests.helpers import cli, decisions, ok, records, scores, torchrun
+from tests.helpers import TRANSPORTS, cli, decisions, ok, records, scores, torchrun
 from tests.refer_layout import write_refer_layout
 
 ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false", "--data.limit", "7"]
@@ -64,7 +64,7 @@ def test_a_suite_interrupted_and_resumed_equals_its_splits_run_alone(cli_env, su
 
 
 @pytest.mark.torchrun
-@pytest.mark.parametrize("transport", ["rpc", "gloo"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_suite_under_torchrun_balances_ranks_across_splits(cli_env, suite, one_process, tmp_path, transport):
     root, path = suite
     out = tmp_path / "w2"

@@ -118,6 +118,15 @@ def _ipv4_of(interface: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
+def local_address() -> str:
+    """The IPv4 address other ranks reach this one at: that of the interface chosen for gloo
+    (by the user, or by `choose_network` at start), else that of the route to the rendezvous host."""
+    interface = os.environ.get("GLOO_SOCKET_IFNAME", "").split(",")[0]
+    if interface:
+        return _ipv4_of(interface)
+    return interface_towards(os.environ.get("MASTER_ADDR", "127.0.0.1"))[1]
+
+
 def outward_interface() -> tuple[str, str]:
     """(interface, address) other hosts reach this one by: the default route's, else the first
     interface with an IPv4 address that is not a loopback."""

@@ -19,6 +19,7 @@ from rescue_eval.core.registry import Registry
 from rescue_eval.dist.serving import RoleServer
 
 TRANSPORTS = Registry("transport", "dist.transport")
+TRANSPORTS.register("tcp", "rescue_eval.dist.tcp:TcpTransport")
 TRANSPORTS.register("rpc", "rescue_eval.dist.rpc:RpcTransport")
 TRANSPORTS.register("gloo", "rescue_eval.dist.gloo:GlooTransport")
 TRANSPORTS.register("local", "rescue_eval.dist.transport:LocalTransport")
@@ -29,7 +30,7 @@ class DistConfig:
     """Distribution: how ranks reach the roles other ranks host.
 
     Attributes:
-        transport: what carries role calls between ranks: rpc (TensorPipe), or gloo (c10d point-to-point, where TensorPipe cannot start); local: no calls between ranks
+        transport: what carries role calls between ranks: tcp (sockets of the standard library: the least CPU per call), rpc (TensorPipe), or gloo (c10d point-to-point messages); local: no calls between ranks
         timeout_s: collectives' timeout: ranks may finish their shards hours apart
         rpc_timeout_s: one role call's timeout, its queueing included
     """
@@ -78,7 +79,7 @@ class LocalTransport:
 
     def client(self, role: str, hosts: list[int]) -> object:
         raise UsageError(f"{role} is placed on ranks {hosts}, which this process cannot reach with the local "
-                         f"transport; use --dist.transport rpc or gloo.")
+                         f"transport; use --dist.transport tcp, rpc or gloo.")
 
     def stop(self) -> None:
         pass
