@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only 1,4] [--repeats 5] [--costs planner=30+25,...] [--write-results]
+"""python -m benchmarks [--only 1,4] [--repeats 5] [--costs planner=30+25,...] [--transport tcp] [--write-results]
 
 Runs the benchmarks (all by default) and prints one table: item, figure, value, target, result.
 Every figure is the median of --repeats runs (a ratio is taken within each run, then the median)
@@ -35,6 +35,10 @@ READING = """How to read them (the module docstrings have the details):
   work included; 0.45 ms more to read the sample), and an RPC round trip costs its caller 70 us
   back to back but 350-470 us after 20 ms idle (a two-process rpc_sync loop). A sample's driver
   wakes once per role call (about 6 with the judge remote): fewer wake-ups move item 3 most.
+  Role calls go over the tcp transport, the harness's default; `--transport rpc` measures
+  TensorPipe, which wakes more threads per call: three runs of each, one after the other
+  (2026-11-30, `--only 1,3 --repeats 3`), gave the whole rank 11.8 ms (10.4-12.1) on tcp against
+  15.1 (14.7-18.6) on rpc, the transport's threads 4.4 against 8.3, the driver 4.9 against 5.3.
   The same code on one machine moved by up to a third between consecutive runs (2026-11-30, 16 runs
   in 95 minutes: driver 4.3-6.2 ms, whole rank 12.0-20.5), so a figure near its target passes
   or misses with the minute it was taken in. The hosts' decoded-mask cache never fills in a run
@@ -56,6 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="synthetic model costs, ROLE=FIXED_MS+PER_ITEM_MS for planner, executor, scorer, judge")
     p.add_argument("--samples", type=int, default=480,
                    help="samples of the pipelined runs (items 1-3): a longer steady window measures the ratio closer")
+    p.add_argument("--transport", default="tcp", choices=("tcp", "rpc", "gloo"),
+                   help="what carries role calls between the ranks of items 1-3 (the harness's default: tcp)")
     p.add_argument("--parallel-requests", type=int, default=8, help="samples in flight per rank (items 1-3)")
     p.add_argument("--sequential-samples", type=int, default=12, help="samples of the sequential loop (item 2)")
     p.add_argument("--image-size", type=int, default=0,
@@ -110,7 +116,8 @@ def main(argv: list[str]) -> int:
             f"{', '.join(f'{role} -> benchmarks.synthetic.{cls.__name__}' for role, cls in synthetic.SYNTHETIC_CLASSES.items())}; "
             f"costs (ms per batch + ms per item): {synthetic.format_costs(costs)}")
         rows += [r for r in pipeline.run(costs, args.repeats, args.samples, args.parallel_requests,
-                                         args.sequential_samples, args.image_size, log) if r.item in args.only]
+                                         args.sequential_samples, args.image_size, args.transport, log)
+                 if r.item in args.only]
     if "4" in args.only:
         from benchmarks import mask_encoding
 

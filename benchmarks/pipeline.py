@@ -30,9 +30,9 @@ subtracted). Per rank: its CPU seconds in the steady window over the samples it 
 that window, by thread group (benchmarks/pipeline_worker.py). The target is on the driver, as
 item 3 defines it: this rank's own samples (search, requests packed and sent, answers
 unpacked, JSONL, metrics). The whole rank is reported too: in the dedicated layout it also
-serves one role to the other ranks (role servers: batching, packing answers; transport: RPC
-handlers that unpickle requests and decode their images and masks for the hosted model,
-TensorPipe I/O).
+serves one role to the other ranks (role servers: batching, packing answers; transport: the
+threads that read requests, unpickle them and decode their images and masks for the hosted
+model, and the transport's own I/O threads).
 """
 from __future__ import annotations
 
@@ -75,11 +75,11 @@ def make_dataset(root: Path, samples: int, image_size: int = 0) -> list[str]:
     return ["--data.name", "reasonseg", "--data.root", str(root)]
 
 
-def pipelined_run(costs: dict, data_args: list[str], parallel_requests: int, tmp: Path) -> dict:
+def pipelined_run(costs: dict, data_args: list[str], parallel_requests: int, tmp: Path, transport: str = "tcp") -> dict:
     out, timelines = tmp / "out", tmp / "timelines"
     timelines.mkdir()
     run_args = ["--output", str(out), *data_args, *COMMON_RUN_ARGS, *DEDICATED,
-                "--run.parallel_requests", str(parallel_requests)]
+                "--run.parallel_requests", str(parallel_requests), "--dist.transport", transport]
     torchrun(WORLD, "benchmarks.pipeline_worker", [synthetic.format_costs(costs), str(timelines), "--", *run_args],
              timeout_s=600)
     summary = json.loads((out / "summary.json").read_text())
@@ -167,7 +167,7 @@ def sequential_run(costs: dict, data_args: list[str], samples: int) -> dict:
 
 
 def run(costs: dict, repeats: int, samples: int, parallel_requests: int, sequential_samples: int,
-        image_size: int, log) -> list[Row]:
+        image_size: int, transport: str, log) -> list[Row]:
     if samples <= 3 * WORLD * parallel_requests:
         raise ValueError(f"give more than {3 * WORLD * parallel_requests} samples: the first and the last "
                          f"{WORLD * parallel_requests} (one wave in flight) are not steady state")
@@ -177,7 +177,7 @@ def run(costs: dict, repeats: int, samples: int, parallel_requests: int, sequent
         for k in range(repeats):
             run_dir = Path(tmp) / f"run-{k}"
             run_dir.mkdir()
-            pipelined.append(pipelined_run(costs, data_args, parallel_requests, run_dir))
+            pipelined.append(pipelined_run(costs, data_args, parallel_requests, run_dir, transport))
             sequential.append(sequential_run(costs, data_args, sequential_samples))
             p, s = pipelined[-1], sequential[-1]
             cpu = ", ".join(f"{x['driver']:.1f} / {sum(x.values()):.1f}" for x in p["cpu_ms_per_sample"])
@@ -204,7 +204,8 @@ def run(costs: dict, repeats: int, samples: int, parallel_requests: int, sequent
     images = f"{image_size}x{image_size}" if image_size else "320x240"
     runs = f"median of {repeats} run(s), spread"
     return [
-        Row("1", f"pipelined samples/s ({WORLD} ranks, dedicated, {parallel_requests} in flight per rank, steady)",
+        Row("1", f"pipelined samples/s ({WORLD} ranks, dedicated, {transport} transport, {parallel_requests} in flight "
+                 f"per rank, steady)",
             f"{med([p['samples_per_s'] for p in pipelined]):.2f}", "", None),
         Row("1", f"ideal samples/s (bottleneck: {bottleneck} at {max_batch} items per batch)",
             f"{med([p['ideal'] for p in pipelined]):.2f}", "", None),

@@ -1,6 +1,6 @@
 """Item 7: how long a many-rank job takes to start: seconds from launching torchrun to the first
 result line on disk, and to the end of the job, for 4 and 24 ranks (dedicated layout: roles on
-ranks 0-3, every rank drives samples), on both transports, with the synthetic backends (they
+ranks 0-3, every rank drives samples), on every transport, with the synthetic backends (they
 only sleep, so the figures are the harness's and torch's start-up: imports, process group,
 transport, role servers). Reported without a target: tests/test_many_ranks.py checks that 24
 ranks give the summary of 4."""
@@ -52,7 +52,7 @@ def run(repeats: int, log) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "data", SAMPLES)
-        for transport in ("rpc", "gloo"):
+        for transport in ("tcp", "rpc", "gloo"):
             for world in (4, 24):
                 runs = []
                 for k in range(repeats):

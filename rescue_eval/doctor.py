@@ -139,10 +139,30 @@ def _rpc_worker(rank: int, port: int) -> None:
     rpc.shutdown()
 
 
-def check_rpc(cfg: Config) -> list[Check]:
-    """Two local processes start RPC as the job's ranks do (TensorPipe over libuv sockets)."""
-    if not dedicated(cfg.placement, needed_roles(cfg)) or cfg.dist.transport != "rpc":
+def check_transport(cfg: Config) -> list[Check]:
+    """The transport that role calls between ranks will use starts on this machine: tcp listens
+    on the address other ranks reach it at; rpc starts TensorPipe between two local processes."""
+    if not dedicated(cfg.placement, needed_roles(cfg)) or cfg.dist.transport not in ("tcp", "rpc"):
         return []
+    return [_check_tcp() if cfg.dist.transport == "tcp" else _check_rpc()]
+
+
+def _check_tcp() -> Check:
+    import socket
+
+    from rescue_eval.dist.launch import local_address
+
+    try:
+        address = local_address()
+        with socket.create_server((address, 0)) as listener, socket.create_connection(listener.getsockname()[:2], 5):
+            pass
+    except OSError as exc:
+        return Check("tcp", False, f"role calls cannot listen on this machine's address ({exc}); set "
+                                   f"GLOO_SOCKET_IFNAME to the interface the ranks share")
+    return Check("tcp", True, f"role calls listen on {address}")
+
+
+def _check_rpc() -> Check:
     import torch.multiprocessing as mp
 
     from rescue_eval.dist.rpc import free_port
@@ -151,9 +171,9 @@ def check_rpc(cfg: Config) -> list[Check]:
         mp.start_processes(_rpc_worker, args=(free_port(),), nprocs=2, join=True, start_method="spawn")
     except Exception as exc:  # noqa: BLE001 - ProcessRaisedException and friends
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
-        return [Check("rpc", False, f"TensorPipe could not start between two local processes ({first}); set "
-                                    f"TP_SOCKET_IFNAME and GLOO_SOCKET_IFNAME to the interface the ranks share")]
-    return [Check("rpc", True, "TensorPipe starts between two local processes")]
+        return Check("rpc", False, f"TensorPipe could not start between two local processes ({first}); set "
+                                   f"TP_SOCKET_IFNAME and GLOO_SOCKET_IFNAME to the interface the ranks share")
+    return Check("rpc", True, "TensorPipe starts between two local processes")
 
 
 UNSET_ROOT = "<unset>"
@@ -177,7 +197,7 @@ def check_data(cfg: Config) -> list[Check]:
 def run_checks(cfg: Config, out: Path | None, world: int) -> list[Check]:
     checks = check_versions() + check_gpus(cfg, world) + check_optional_packages(cfg) + check_data(cfg)
     checks += [check_checkpoint(role, section) for role, section in role_sections(cfg).items()]
-    return checks + check_output(out) + check_rpc(cfg)
+    return checks + check_output(out) + check_transport(cfg)
 
 
 def world_of(cfg: Config) -> int:

@@ -146,7 +146,7 @@ TRANSPORTS = ("tcp", "rpc", "gloo")  # every distributed test that calls roles a
 TORCHRUN_ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
 
 
-def torchrun(env, nproc, out, *extra, restarts=0, timeout=600, transport="rpc"):
+def torchrun(env, nproc, out, *extra, restarts=0, timeout=600, transport="tcp"):
     """The demo under torchrun on this machine (--standalone), on `transport`."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", "-m", "rescue_eval", "run", "--output", str(out), *TORCHRUN_ARGS,

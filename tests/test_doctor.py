@@ -15,16 +15,19 @@ def doctor(capsys, *args) -> tuple[int, dict[str, str]]:
     return status, checks
 
 
-def test_the_demo_in_both_layouts_is_ready(capsys, tmp_path):
+def test_the_demo_in_both_layouts_is_ready(capsys, tmp_path, monkeypatch):
+    for name in ("MASTER_ADDR", "GLOO_SOCKET_IFNAME"):
+        monkeypatch.delenv(name, raising=False)
     status, checks = doctor(capsys, "--config", "configs/demo_dedicated.yaml", "--output", str(tmp_path / "out"))
     assert status == 0 and all(line.startswith("ok") for line in checks.values())
-    assert {"python", "transformers", "gpus", "data demo/val", "output", "rpc"} <= set(checks)
+    assert {"python", "transformers", "gpus", "data demo/val", "output", "tcp"} <= set(checks)
+    assert checks["tcp"] == "ok    tcp: role calls listen on 127.0.0.1"  # MASTER_ADDR unset: a job on this machine
 
 
 def test_the_8gpu_config_on_this_machine_names_every_missing_piece(capsys, tmp_path):
     local = str(tiny.build("qwen3-vl"))  # a checkpoint folder that is there: its config and processor load
     status, checks = doctor(capsys, "--config", "configs/reasonseg_8gpu.yaml", "--output", str(tmp_path / "out"),
-                            "--planner.checkpoint", local)
+                            "--planner.checkpoint", local, "--dist.transport", "rpc")
     assert status == 1
     assert checks["gpus"].startswith("FAIL") and "8 needed" in checks["gpus"]
     assert checks["judge backend vllm"].startswith("FAIL") and "pip install 'rescue-eval[vllm]'" in checks["judge backend vllm"]

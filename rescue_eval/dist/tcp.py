@@ -5,7 +5,8 @@ Each calling thread has its own connection to each host and makes one call at a 
 it writes the request and reads the answer itself, so a call wakes two threads, the host's
 reader of that connection (which unpacks the request and queues it on the role server) and
 the caller when the answer arrives. TensorPipe adds an I/O loop and a worker pool on both
-sides, which on CPU ranks cost several times the CPU per call (benchmarks/RESULTS.md, item 3).
+sides, which on CPU ranks cost a rank about a fifth more CPU per sample (benchmarks/RESULTS.md,
+item 3).
 
 Frames, both ways, are (word, size) as two little-endian uint64, then `size` bytes:
 

@@ -35,7 +35,7 @@ class DistConfig:
         rpc_timeout_s: one role call's timeout, its queueing included
     """
 
-    transport: Literal[TRANSPORTS.names()] = "rpc"
+    transport: Literal[TRANSPORTS.names()] = "tcp"
     timeout_s: float = 86400.0
     rpc_timeout_s: float = 1800.0
 
