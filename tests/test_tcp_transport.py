@@ -123,3 +123,9 @@ def test_a_request_that_cannot_be_read_is_answered_as_its_error(ranks):
     sock.sendall(HEADER.pack(CALL, len(garbage)) + garbage)
     status, (message, transient) = pickle.loads(read_frame(stream)[1])
     assert status == "error" and not transient and "UnpicklingError" in message
+
+
+def test_an_interface_without_an_address_is_one_sentence_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "no-such-interface0")
+    with pytest.raises(TransportError, match="cannot listen on rank 0 .*set GLOO_SOCKET_IFNAME"):
+        TcpTransport().start(dist.HashStore(), 0, 2, DistConfig())

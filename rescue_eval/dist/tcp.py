@@ -29,7 +29,7 @@ import threading
 from rescue_eval.dist.calls import RemoteRole, answer_request
 from rescue_eval.dist.launch import local_address
 from rescue_eval.dist.serving import RoleServer
-from rescue_eval.dist.transport import DistConfig
+from rescue_eval.dist.transport import DistConfig, TransportError
 from rescue_eval.dist.wire import DecodedCache
 
 log = logging.getLogger("rescue_eval")
@@ -71,7 +71,11 @@ class TcpTransport:
         self.rank, self.world, self.store, self.timeout = rank, world, store, settings.rpc_timeout_s
         self.servers: dict[str, RoleServer] = {}
         self.decoded = DecodedCache()
-        self.listener = socket.create_server((local_address(), 0), backlog=128)
+        try:
+            self.listener = socket.create_server((local_address(), 0), backlog=128)
+        except OSError as exc:
+            raise TransportError(f"the tcp transport cannot listen on rank {rank} ({exc}); set GLOO_SOCKET_IFNAME to "
+                                 f"the interface the nodes share, or use --dist.transport rpc.") from exc
         host, port = self.listener.getsockname()[:2]
         store.set(f"tcp_transport/{rank}", f"{host}:{port}")
         self.addresses: dict[int, tuple[str, int]] = {}
