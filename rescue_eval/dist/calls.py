@@ -9,6 +9,7 @@ the (status, value) answer back; the wire forms, the image resend and the error 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from typing import Callable
 
@@ -17,6 +18,8 @@ from rescue_eval.core.protocols import ROLE_METHODS
 from rescue_eval.dist.serving import RoleServer
 from rescue_eval.dist.transport import RoleCallError, TransportError
 from rescue_eval.dist.wire import DecodedCache, ImageNotCached, pack, unpack
+
+log = logging.getLogger("rescue_eval")
 
 # (target rank, role, method, packed request) -> (status, value); raises when the transport fails
 Send = Callable[[int, str, str, bytes], tuple]
@@ -81,3 +84,37 @@ class RemoteRole:
             with self._lock:  # "resend": the host evicted the image; send the bytes again
                 self._sent[target].clear()
         raise TransportError(f"{self.name} on rank {target} keeps losing images; raise its cache size.")
+
+
+class PeerTransport:
+    """What the transports that carry calls themselves (gloo, tcp) share: the role servers of this
+    rank by name, clients that call through the subclass's `_call` (a `Send`), and a stop that says goodbye to
+    every other rank and then serves until each has said its own. Subclasses set `name`, `rank`,
+    `world` and `servers` in `start`."""
+
+    name: str
+
+    def serve(self, server: RoleServer) -> None:
+        self.servers[server.name] = server
+
+    def client(self, role: str, hosts: list[int]) -> RemoteRole:
+        return RemoteRole(role, hosts, self._call)
+
+    def stop(self) -> None:
+        """Tell every rank this one calls no more, and serve until every rank has said so. The
+        results are written by now: a rank gone at this point costs a warning, not the job."""
+        for other in range(self.world):
+            if other != self.rank:
+                try:
+                    self._goodbye(other)
+                except (OSError, RuntimeError) as exc:
+                    log.warning("%s transport: rank %d did not take this rank's goodbye (%s)", self.name, other, exc)
+        self._serve_until_goodbyes()
+
+    def _goodbye(self, other: int) -> None:
+        """Tell rank `other` that this rank calls no more."""
+        raise NotImplementedError
+
+    def _serve_until_goodbyes(self) -> None:
+        """Serve until every other rank has said goodbye (bounded by dist.rpc_timeout_s), then leave."""
+        raise NotImplementedError

@@ -24,7 +24,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from rescue_eval.dist.calls import RemoteRole, answer_request
+from rescue_eval.dist.calls import PeerTransport, answer_request
 from rescue_eval.dist.serving import RoleServer
 from rescue_eval.dist.transport import DistConfig
 from rescue_eval.dist.wire import DecodedCache
@@ -42,7 +42,9 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-class GlooTransport:
+class GlooTransport(PeerTransport):
+    name = "gloo"
+
     def start(self, store, rank: int, world: int, settings: DistConfig) -> None:
         """A gloo group for role calls alone (collectives keep the default group): every rank
         calls this, in the same order, as c10d requires."""
@@ -62,22 +64,11 @@ class GlooTransport:
         self.listener = threading.Thread(target=self._listen, name="gloo-listener", daemon=True)
         self.listener.start()
 
-    def serve(self, server: RoleServer) -> None:
-        self.servers[server.name] = server
+    def _goodbye(self, other: int) -> None:
+        with self.send_locks[other]:
+            self.group.send([torch.tensor([0, 0, BYE])], other, REQUEST_TAG).wait(self.timeout)
 
-    def client(self, role: str, hosts: list[int]) -> RemoteRole:
-        return RemoteRole(role, hosts, self._call)
-
-    def stop(self) -> None:
-        """Tell every rank this one calls no more, and serve until every rank has said so. The
-        results are written by now: a rank gone at this point costs a warning, not the job."""
-        for other in range(self.world):
-            if other != self.rank:
-                try:
-                    with self.send_locks[other]:
-                        self.group.send([torch.tensor([0, 0, BYE])], other, REQUEST_TAG).wait(self.timeout)
-                except RuntimeError as exc:
-                    log.warning("gloo transport: rank %d did not take this rank's goodbye (%s)", other, exc)
+    def _serve_until_goodbyes(self) -> None:
         self.listener.join(timeout=self.timeout.total_seconds())
         self.repliers.shutdown(wait=True)
 

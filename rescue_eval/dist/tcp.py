@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 
-from rescue_eval.dist.calls import RemoteRole, answer_request
+from rescue_eval.dist.calls import PeerTransport, answer_request
 from rescue_eval.dist.launch import local_address
 from rescue_eval.dist.serving import RoleServer
 from rescue_eval.dist.transport import DistConfig, TransportError
@@ -66,7 +66,9 @@ def read_frame(stream) -> tuple[int, bytes]:
     return word, payload
 
 
-class TcpTransport:
+class TcpTransport(PeerTransport):
+    name = "tcp"
+
     def start(self, store, rank: int, world: int, settings: DistConfig) -> None:
         self.rank, self.world, self.store, self.timeout = rank, world, store, settings.rpc_timeout_s
         self.servers: dict[str, RoleServer] = {}
@@ -86,21 +88,10 @@ class TcpTransport:
         self.goodbyes: set[int] = set()  # ranks that call no more
         threading.Thread(target=self._accept, name="tcp-accept", daemon=True).start()
 
-    def serve(self, server: RoleServer) -> None:
-        self.servers[server.name] = server
+    def _goodbye(self, other: int) -> None:
+        send_frame(self._connection(other)[0], BYE + self.rank)
 
-    def client(self, role: str, hosts: list[int]) -> RemoteRole:
-        return RemoteRole(role, hosts, self._call)
-
-    def stop(self) -> None:
-        """Tell every rank this one calls no more, and serve until every rank has said so. The
-        results are written by now: a rank gone at this point costs a warning, not the job."""
-        for other in range(self.world):
-            if other != self.rank:
-                try:
-                    send_frame(self._connection(other)[0], BYE + self.rank)
-                except OSError as exc:
-                    log.warning("tcp transport: rank %d did not take this rank's goodbye (%s)", other, exc)
+    def _serve_until_goodbyes(self) -> None:
         with self.finished:
             if not self.finished.wait_for(lambda: len(self.goodbyes) >= self.world - 1, self.timeout):
                 log.warning("tcp transport: %d rank(s) did not say goodbye in %.0f s",
