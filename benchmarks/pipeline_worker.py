@@ -31,7 +31,7 @@ def group_of(python_name: str) -> str | None:
         return "role servers"  # batching, backend calls, packing answers for other ranks
     if python_name.startswith("sample") or python_name in ("MainThread", "progress"):
         return "driver"  # the search of this rank's samples, JSONL writes, metrics, progress
-    return "transport"  # gloo's reply threads
+    return "transport"  # the transport's own: tcp's connection readers, gloo's reply threads
 
 
 def thread_cpu_clock(tid: int) -> int:
@@ -45,7 +45,7 @@ def cpu_by_group() -> dict[str, float]:
     """CPU seconds spent so far by this process's threads, by group: each live Python thread's
     CPU clock, and the rest of the process's time as transport (native threads: torch's RPC
     request handlers, TensorPipe and gloo I/O; and Python threads that have ended, none in a
-    steady window). One clock_gettime per thread: reading /proc/self/task/*/schedstat instead
+    steady window). tcp's threads are Python threads, counted as transport by name. One clock_gettime per thread: reading /proc/self/task/*/schedstat instead
     took a seventh of a rank's CPU, disturbing what it measured."""
     cpu = dict.fromkeys(GROUPS, 0.0)
     total = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)

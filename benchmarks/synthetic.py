@@ -9,7 +9,7 @@ the harness's own.
 
 `install` registers these classes as the `synthetic` backend of each role in the calling process
 (`backend_args` chooses them), so the harness builds them through its real code path (role
-servers, micro-batching, RPC, JSONL, metrics).
+servers, micro-batching, the transport, JSONL, metrics).
 """
 from __future__ import annotations
 

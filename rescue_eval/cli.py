@@ -209,7 +209,7 @@ def cmd_doctor(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="rescue-eval doctor", description="Check a config before a long job: library "
                                 "versions, GPUs against the placement, the dataset, each checkpoint's config and "
-                                "processor (no weights), optional packages, the output directory and RPC. Other "
+                                "processor (no weights), optional packages, the output directory and the transport. Other "
                                 "options are run options such as --config or --data.root.")
     p.add_argument("--output", type=Path, default=None, help="the output directory the job will use")
     p.add_argument("--world", type=int, default=None, help="ranks the job will start (default: what the placement needs)")

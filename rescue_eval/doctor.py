@@ -2,8 +2,8 @@
 
 One line per check, each failure with its fix; the exit status is non-zero when any check
 fails. Nothing here loads weights: configs and processors are read from the Hugging Face cache
-(offline), libraries are found without importing the heavy ones, and RPC is started between two
-local processes the way the job starts it.
+(offline), libraries are found without importing the heavy ones, and the transport is started
+the way the job starts it (tcp listens on the job's address; rpc starts between two local processes).
 """
 from __future__ import annotations
 

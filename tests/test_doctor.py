@@ -36,3 +36,10 @@ def test_the_8gpu_config_on_this_machine_names_every_missing_piece(capsys, tmp_p
     failing = checks["executor checkpoint facebook/sam3"]
     assert failing.startswith("FAIL") and "rescue-eval download" in failing
     assert checks["output"].startswith("ok") and checks["rpc"].startswith("ok")
+
+
+def test_an_interface_tcp_cannot_listen_on_fails_naming_the_variable(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "no-such-interface0")
+    status, checks = doctor(capsys, "--config", "configs/demo_dedicated.yaml", "--output", str(tmp_path / "out"))
+    assert status == 1
+    assert checks["tcp"].startswith("FAIL") and "set GLOO_SOCKET_IFNAME" in checks["tcp"]

@@ -4,6 +4,7 @@ test_distributed.py, and between network namespaces in test_multinode.py)."""
 import io
 import itertools
 import pickle
+import socket
 import threading
 import time
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from rescue_eval.core.types import JudgeAnswer
 from rescue_eval.dist.serving import RoleServer
-from rescue_eval.dist.tcp import CALL, HEADER, TcpTransport, read_frame
+from rescue_eval.dist.tcp import CALL, HEADER, HELLO, MAX_FRAME, TcpTransport, read_frame
 from rescue_eval.dist.transport import DistConfig, RoleCallError, TransportError
 
 pytestmark = pytest.mark.unit
@@ -114,6 +115,22 @@ def test_frames_read_back_as_written_and_a_cut_stream_gives_its_whole_frames_the
     assert [read_frame(reader) for _ in range(whole)] == frames[:whole]
     with pytest.raises(EOFError):
         read_frame(reader)
+
+
+def test_a_connection_without_the_jobs_token_is_closed_unanswered(ranks):
+    transports, judge = ranks
+    with socket.create_connection(transports[0].listener.getsockname()[:2], timeout=5) as stray:
+        request = pickle.dumps(("judge", "rate", b""))
+        stray.sendall(HEADER.pack(HELLO, 5) + b"guess" + HEADER.pack(CALL, len(request)) + request)
+        assert stray.recv(100) == b""  # closed, no answer
+    assert [a.value for a in judge.rate([6])] == [6]  # the job's own connections go on
+
+
+def test_a_frame_larger_than_any_role_call_is_refused_before_its_payload_is_read():
+    stream = io.BytesIO(HEADER.pack(CALL, MAX_FRAME + 1) + b"payload")
+    with pytest.raises(EOFError, match="not a role call"):
+        read_frame(stream)
+    assert stream.tell() == HEADER.size
 
 
 def test_a_request_that_cannot_be_read_is_answered_as_its_error(ranks):

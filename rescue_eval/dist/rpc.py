@@ -61,7 +61,7 @@ class RpcTransport:
             raise TransportError(f"RPC could not start on rank {rank} (rendezvous {os.environ['MASTER_ADDR']}:{port}, "
                                  f"interface {interface}: {str(exc).splitlines()[0][:160]}); set TP_SOCKET_IFNAME "
                                  f"and GLOO_SOCKET_IFNAME to the interface the nodes share, or use "
-                                 f"--dist.transport gloo.") from exc
+                                 f"another transport (--dist.transport tcp or gloo).") from exc
 
     def serve(self, server: RoleServer) -> None:
         _SERVERS[server.name] = server

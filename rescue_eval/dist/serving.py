@@ -1,6 +1,6 @@
 """A role server: a bounded request queue and a micro-batcher in front of one backend.
 
-Driver threads (this rank's samples in flight, and other ranks' requests arriving over RPC)
+Driver threads (this rank's samples in flight, and other ranks' requests arriving over the transport)
 submit small requests - one sample's boxes, one sample's candidates. The batcher merges
 requests for the same method until `max_batch` items or `max_wait_s`, makes one backend call,
 and hands each request its own slice of the answers. A merged call that raises is retried
