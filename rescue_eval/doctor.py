@@ -150,15 +150,14 @@ def check_transport(cfg: Config) -> list[Check]:
 def _check_tcp() -> Check:
     import socket
 
-    from rescue_eval.dist.launch import local_address
+    from rescue_eval.dist.tcp import listen
+    from rescue_eval.dist.transport import TransportError
 
     try:
-        address = local_address()
-        with socket.create_server((address, 0)) as listener, socket.create_connection(listener.getsockname()[:2], 5):
-            pass
-    except OSError as exc:
-        return Check("tcp", False, f"role calls cannot listen on this machine's address ({exc}); set "
-                                   f"GLOO_SOCKET_IFNAME to the interface the ranks share")
+        with listen("this machine") as listener, socket.create_connection(listener.getsockname()[:2], 5):
+            address = listener.getsockname()[0]
+    except (TransportError, OSError) as exc:
+        return Check("tcp", False, str(exc))
     return Check("tcp", True, f"role calls listen on {address}")
 
 

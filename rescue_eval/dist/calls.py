@@ -88,9 +88,9 @@ class RemoteRole:
 
 class PeerTransport:
     """What the transports that carry calls themselves (gloo, tcp) share: the role servers of this
-    rank by name, clients that call through the subclass's `_call` (a `Send`), and a stop that says goodbye to
-    every other rank and then serves until each has said its own. Subclasses name themselves
-    (`name`) and set `rank`, `world` and `servers` in `start`."""
+    rank by name, clients that call through the subclass's `_call` (a `Send`), and a stop that
+    says goodbye to every other rank and then serves until each has said its own. Subclasses
+    name themselves (`name`) and set `rank`, `world` and `servers` in `start`."""
 
     name: str
 

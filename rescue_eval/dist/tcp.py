@@ -89,6 +89,18 @@ def read_frame(stream) -> tuple[int, bytes]:
     return word, payload
 
 
+def listen(where: str) -> socket.socket:
+    """A socket listening on the address other ranks reach this one at (`where`: this rank, or
+    this machine, for the message); a TransportError naming the fix when there is none."""
+    try:
+        return socket.create_server((local_address(), 0), backlog=128)
+    except OSError as exc:
+        interface = os.environ.get("GLOO_SOCKET_IFNAME") or f"the route to {os.environ.get('MASTER_ADDR', '127.0.0.1')}"
+        raise TransportError(f"the tcp transport cannot listen on {where} (interface {interface}: {exc}); set "
+                             f"GLOO_SOCKET_IFNAME to the interface the nodes share, or use --dist.transport "
+                             f"rpc.") from exc
+
+
 class TcpTransport(PeerTransport):
     name = "tcp"
 
@@ -96,13 +108,7 @@ class TcpTransport(PeerTransport):
         self.rank, self.world, self.store, self.timeout = rank, world, store, settings.rpc_timeout_s
         self.servers: dict[str, RoleServer] = {}
         self.decoded = DecodedCache()
-        interface = os.environ.get("GLOO_SOCKET_IFNAME") or f"the route to {os.environ.get('MASTER_ADDR', '127.0.0.1')}"
-        try:
-            self.listener = socket.create_server((local_address(), 0), backlog=128)
-        except OSError as exc:
-            raise TransportError(f"the tcp transport cannot listen on rank {rank} (interface {interface}: {exc}); set "
-                                 f"GLOO_SOCKET_IFNAME to the interface the nodes share, or use --dist.transport "
-                                 f"rpc.") from exc
+        self.listener = listen(f"rank {rank}")
         host, port = self.listener.getsockname()[:2]
         if rank == 0:
             store.set("tcp_transport/token", secrets.token_hex(16))
