@@ -23,8 +23,14 @@ from benchmarks.table import Row, markdown
 RESULTS = Path(__file__).with_name("RESULTS.md")
 READING = """How to read them (the module docstrings have the details):
 - Item 1: the ideal bound takes each role's items per sample from the records of the samples
-  finished in the same steady window as the throughput, so a run can read a little above 1;
-  with 160 samples per run the ratio spread over 0.93-1.08 here, with 480 over 0.98-1.02.
+  finished in the same steady window as the throughput, so a run can read a little above 1.
+  Throughput is the slope of samples done over the window (benchmarks/pipeline.py says why).
+  The bound needs the bottleneck to run full batches back to back, so enough samples must be
+  in flight to keep a full batch waiting while the other stages hold theirs: 16 per rank here
+  (64 over the job, four times the judge's max_batch). At 8 per rank (2026-11-30, three runs
+  each) the default costs still read 0.97-0.99, but with the executor (100+60) or the scorer
+  (60+40) slow, or the planner (60+40) within a tenth of the judge (10+3), the bottleneck ran
+  batches of 10-15 items: 0.94, 0.85 and 0.92; at 16 per rank 0.997, 0.96 and 0.97.
 - Item 3: the target is on the driver (this rank's own samples: search, requests packed and
   sent, answers unpacked, JSONL, metrics; the masks of a remote executor stay RLE there). The
   whole rank adds serving its role in the dedicated layout: unpickling the other ranks'
@@ -64,7 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="samples of the pipelined runs (items 1-3): a longer steady window measures the ratio closer")
     p.add_argument("--transport", default="tcp", choices=("tcp", "rpc", "gloo"),
                    help="what carries role calls between the ranks of items 1-3 (the harness's default: tcp)")
-    p.add_argument("--parallel-requests", type=int, default=8, help="samples in flight per rank (items 1-3)")
+    p.add_argument("--parallel-requests", type=int, default=16,
+                   help="samples in flight per rank (items 1-3): enough to keep the bottleneck's batches full")
     p.add_argument("--sequential-samples", type=int, default=12, help="samples of the sequential loop (item 2)")
     p.add_argument("--image-size", type=int, default=0,
                    help="items 1-3 on the demo scenes resized to this square size (0: their own 320x240)")
