@@ -43,10 +43,13 @@ READING = """How to read them (the module docstrings have the details):
   wakes once per role call (about 6 with the judge remote): fewer wake-ups move item 3 most.
   Role calls go over the tcp transport, the harness's default; `--transport rpc` measures
   TensorPipe, which wakes more threads per call: three runs of each, one after the other
-  (2026-11-30, `--only 1,3 --repeats 3`), gave the whole rank 11.8 ms (10.4-12.1) on tcp against
-  15.1 (14.7-18.6) on rpc, the transport's threads 4.4 against 8.3, the driver 4.9 against 5.3.
-  The driver's own target stays at the line on either (5.2 in the full run above): what is left
-  in it is the search itself and the wake-ups of its role calls, not the transport's threads.
+  (2026-11-30, `--only 1,3 --repeats 3`, 8 in flight per rank, the window's ends), gave the
+  whole rank 11.8 ms (10.4-12.1) on tcp against 15.1 (14.7-18.6) on rpc, the transport's
+  threads 4.4 against 8.3, the driver 4.9 against 5.3. The driver's own target stays at the
+  line: the full run of 2026-11-30 23:23 read 5.0, a miss in the second decimal (its runs'
+  medians over ranks, from the log's one-decimal figures: 5.15, 5.25, 4.65, 5.05, 4.1). What
+  is left in it is the search itself and the wake-ups of its role calls, not the transport's
+  threads.
   The same code on one machine moved by up to a third between consecutive runs (2026-11-30, 16 runs
   in 95 minutes: driver 4.3-6.2 ms, whole rank 12.0-20.5), so a figure near its target passes
   or misses with the minute it was taken in. The hosts' decoded-mask cache never fills in a run

@@ -234,9 +234,9 @@ def run(costs: dict, repeats: int, samples: int, parallel_requests: int, sequent
         Row("2", f"speed-up pipelined / sequential; S/B = {stages_s * 1e3:.0f}/{bottleneck_s * 1e3:.0f} ms = "
                  f"{expected:.2f}", f"{speedup:.2f}x", ">= 0.9 x S/B", speedup >= 0.9 * expected),
         Row("3", f"driver CPU ms per sample, {images} images, median over ranks; {runs} {spread(driver, 1)}",
-            f"{med(driver):.1f}", "<= 5", med(driver) <= 5),
+            f"{med(driver):.2f}", "<= 5", med(driver) <= 5),
         Row("3", f"whole rank incl. serving its role to the others, median over ranks; {runs} {spread(whole, 1)}",
-            f"{med(whole):.1f}", "<= 15", med(whole) <= 15),
+            f"{med(whole):.2f}", "<= 15", med(whole) <= 15),
         Row("3", "  by thread group (medians over ranks and runs, ms)", groups, "", None),
     ]
 
