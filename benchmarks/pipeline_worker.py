@@ -45,8 +45,9 @@ def cpu_by_group() -> dict[str, float]:
     """CPU seconds spent so far by this process's threads, by group: each live Python thread's
     CPU clock, and the rest of the process's time as transport (native threads: torch's RPC
     request handlers, TensorPipe and gloo I/O; and Python threads that have ended, none in a
-    steady window). tcp's threads are Python threads, counted as transport by name. One clock_gettime per thread: reading /proc/self/task/*/schedstat instead
-    took a seventh of a rank's CPU, disturbing what it measured."""
+    steady window). tcp's threads are Python threads, counted as transport by name. One
+    clock_gettime per thread: reading /proc/self/task/*/schedstat instead took a seventh of a
+    rank's CPU, disturbing what it measured."""
     cpu = dict.fromkeys(GROUPS, 0.0)
     total = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
     python_threads = 0.0
