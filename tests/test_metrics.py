@@ -65,7 +65,7 @@ def test_matches_lisa_on_random_masks_with_ignore():
     cases = [random_case(rng, int(rng.integers(2, 40)), int(rng.integers(2, 40))) for _ in range(400)]
     metric = SweepIoU([1])
     for pred, gt in cases:
-        metric.update(**scores_of(pred, gt))
+        metric.update([scores_of(pred, gt)])
     ours = metric.compute()
     giou, ciou = lisa_giou_ciou([p.astype(np.uint8) for p, _ in cases], [g for _, g in cases])
     assert ours["giou"] == pytest.approx(giou, abs=1e-6)
@@ -98,33 +98,57 @@ def test_sharded_states_merge_to_identical_results():
     cases = [random_case(rng, 20, 30) for _ in range(101)]
     whole = SweepIoU([1])
     for c in cases:
-        whole.update(**scores_of(*c))
+        whole.update([scores_of(*c)])
     shards = [SweepIoU([1]) for _ in range(3)]
     for k, c in enumerate(cases):  # the runner's strided sharding
-        shards[k % 3].update(**scores_of(*c))
+        shards[k % 3].update([scores_of(*c)])
     merged = shards[0]
     for other in shards[1:]:
         merged.merge_state({name: getattr(other, name) for name in merged._defaults})
     assert merged.compute() == whole.compute()  # exact: integer states, any order
 
 
+def record(subset: str, intersection: int, union: int, failure: str | None = None, sweep=(1, 2)) -> dict:
+    """The scored part of a JSONL record (what SplitMetrics reads), the same at every N."""
+    row = {"intersection": intersection, "union": union, "iou": sample_iou(intersection, union),
+           "oracle_iou": sample_iou(intersection, union), "heuristic_iou": 0.0, "judge_calls": 1}
+    return {"subset": subset, "failure": failure, "sweep": {str(n): row for n in sweep}}
+
+
 def test_failures_counted_and_subsets_split():
     m = SplitMetrics([1, 2], ["short", "long"])
-    row = {"intersection": [0, 0], "union": [5, 5], "iou": [0.0, 0.0], "oracle_iou": [0.0, 0.0],
-           "heuristic_iou": [0.0, 0.0], "judge_calls": [0, 0]}
-    m.update("short", **row, failure="planner_error")
-    m.update("long", **{**row, "intersection": [5, 5], "iou": [1.0, 1.0]})
+    m.update_record(record("short", 0, 5, failure="planner_error"))
+    m.update_record(record("long", 5, 5))
     s = m.compute()
     assert s["n_samples"] == 2 and s["n_failed"] == 1 and s["failures"] == {"planner_error": 1}
-    assert s["giou"] == pytest.approx(0.5) and s["ciou"] == pytest.approx(0.5)
-    assert s["subsets"]["short"]["giou"] == 0.0 and s["subsets"]["long"]["giou"] == pytest.approx(1.0)
+    assert s["giou"] == pytest.approx(0.5, abs=1e-5) and s["ciou"] == pytest.approx(0.5)
+    assert s["subsets"]["short"]["giou"] == 0.0 and s["subsets"]["long"]["giou"] == pytest.approx(1.0, abs=1e-5)
     assert set(s["per_n"]) == {1, 2}
+
+
+def test_records_added_in_batches_give_what_one_at_a_time_gives(monkeypatch):
+    rng = np.random.default_rng(3)
+    records = [record(str(rng.choice(["short", "long", "other"])), int(i), int(i + u),
+                      failure=None if rng.random() < 0.8 else str(rng.choice(FAILURE_REASONS)))
+               for i, u in rng.integers(0, 50, size=(3 * SplitMetrics.BATCH + 5, 2))]
+    batched = SplitMetrics([1, 2], ["short", "long"])
+    for r in records:  # crosses three batch boundaries, and leaves 5 records for compute to add
+        batched.update_record(r)
+    monkeypatch.setattr(SplitMetrics, "BATCH", 1)
+    one_by_one = SplitMetrics([1, 2], ["short", "long"])
+    for r in records:
+        one_by_one.update_record(r)
+    assert batched.compute() == one_by_one.compute()
+    assert batched.compute()["n_samples"] == len(records)
+    assert sum(batched.compute()["subsets"][s]["n_samples"] for s in ("short", "long")) == sum(
+        r["subset"] != "other" for r in records)
 
 
 def test_an_unknown_failure_reason_is_an_error_not_an_uncounted_failure():
     m = SweepIoU([1])
+    empty = scores_of(np.zeros((2, 2), bool), np.zeros((2, 2), np.uint8))
     with pytest.raises(ValueError):
-        m.update(**scores_of(np.zeros((2, 2), bool), np.zeros((2, 2), np.uint8)), failure="cosmic_ray")
-    for reason in FAILURE_REASONS:
-        m.update(**scores_of(np.zeros((2, 2), bool), np.zeros((2, 2), np.uint8)), failure=reason)
+        m.update([{**empty, "failure": "planner_error"}, {**empty, "failure": "cosmic_ray"}])
+    assert m.compute()["n_samples"] == 0  # the batch with a bad reason added nothing
+    m.update([{**empty, "failure": reason} for reason in FAILURE_REASONS])
     assert m.compute()["failures"] == {reason: 1 for reason in FAILURE_REASONS}

@@ -30,16 +30,14 @@ FAILURE_REASONS = (
 )
 
 
-def to_fixed(x: float) -> int:
-    return int(round(x * FIXED_POINT))
+def to_fixed(values: list[float]) -> list[int]:
+    return [int(round(v * FIXED_POINT)) for v in values]
 
 
 class SweepIoU(Metric):
     """Scores of one split (or one subset of it) for every N of the sweep.
 
-    `update` takes one sample: its intersection, union, IoU, oracle IoU and the heuristic
-    selection's IoU for each N (same order as `sweep`), the judge calls an N-run would make, and
-    its failure reason if any.
+    `update` takes a batch of samples (`record_scores` dicts).
     """
 
     full_state_update = False
@@ -54,14 +52,22 @@ class SweepIoU(Metric):
         self.add_state("n_samples", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("failures", torch.zeros(len(FAILURE_REASONS), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, intersection: list[int], union: list[int], iou: list[float], oracle_iou: list[float],
-               heuristic_iou: list[float], judge_calls: list[int], failure: str | None = None) -> None:
-        self.sums += torch.tensor([intersection, union, [to_fixed(v) for v in iou],
-                                   [to_fixed(v) for v in oracle_iou], [to_fixed(v) for v in heuristic_iou],
-                                   judge_calls], dtype=torch.int64)
-        self.n_samples += 1
-        if failure is not None:
-            self.failures[FAILURE_REASONS.index(failure)] += 1
+    def update(self, samples: list[dict]) -> None:
+        """A batch of samples, each a `record_scores` dict: its intersection, union, IoU, oracle IoU
+        and the heuristic selection's IoU for each N (same order as `sweep`), the judge calls an
+        N-run would make, and its failure reason if any. Summed in Python's exact integers, then
+        one tensor operation per state: each torch call releases the GIL, and on a busy rank each
+        release can cost a thread switch (benchmarks/RESULTS.md, item 3)."""
+        if not samples:
+            return
+        reasons = [FAILURE_REASONS.index(s["failure"]) for s in samples if s.get("failure") is not None]
+        rows = [(s["intersection"], s["union"], to_fixed(s["iou"]), to_fixed(s["oracle_iou"]),
+                 to_fixed(s["heuristic_iou"]), s["judge_calls"]) for s in samples]
+        total = [[sum(per_n) for per_n in zip(*column)] for column in zip(*rows)]  # COLUMNS x sweep
+        self.sums += torch.tensor(total, dtype=torch.int64)
+        self.n_samples += len(samples)
+        if reasons:
+            self.failures += torch.bincount(torch.tensor(reasons), minlength=len(FAILURE_REASONS))
 
     def compute(self) -> dict:
         n = int(self.n_samples)
@@ -89,22 +95,31 @@ class SweepIoU(Metric):
 class SplitMetrics:
     """One SweepIoU for the whole split and one per subset (e.g. short / long queries).
 
-    The subsets are fixed up front so that every rank holds the same states to sync.
-    """
+    The subsets are fixed up front so that every rank holds the same states to sync. Records are
+    added to the states `BATCH` at a time, and the rest when the metrics are computed: the
+    records on disk, not these states, are what a resumed run starts from."""
+
+    BATCH = 64
 
     def __init__(self, sweep: list[int], subsets: list[str]):
         self.all = SweepIoU(sweep)
         self.subsets = {name: SweepIoU(sweep) for name in subsets}
-
-    def update(self, subset: str, **scores) -> None:
-        self.all.update(**scores)
-        if subset in self.subsets:
-            self.subsets[subset].update(**scores)
+        self._pending: list[tuple[str, dict]] = []  # (subset, record_scores) not yet in the states
 
     def update_record(self, record: dict) -> None:
-        self.update(record["subset"], **record_scores(record, self.all.sweep))
+        self._pending.append((record["subset"], record_scores(record, self.all.sweep)))
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self.all.update([scores for _, scores in pending])
+        for name, metric in self.subsets.items():
+            if mine := [scores for subset, scores in pending if subset == name]:
+                metric.update(mine)
 
     def compute(self) -> dict:
+        self._flush()
         with warnings.catch_warnings():
             # a rank whose shard had no sample of a subset still syncs its zero states: expected
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
