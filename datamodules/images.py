@@ -18,6 +18,7 @@ counted, never dropped. The reasons (the part before the first colon):
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -47,19 +48,48 @@ def read_inside(path: Path, boundary: Path, missing: str, unreadable: str) -> by
     A dataset must not make the harness read a file outside it (a symlink to ~/.ssh, a parquet
     image path "../../etc/passwd"): the bytes would be sent to model servers and written to
     overlays. `missing` and `unreadable` are the reasons for a file that is absent or unreadable.
+
+    Six system calls for a file, where os.path.realpath and Path.read_bytes took about fifteen:
+    each releases the GIL, and on a busy rank taking it back can cost a thread switch
+    (benchmarks/RESULTS.md, item 3).
     """
     try:
-        real = Path(os.path.realpath(path))  # a symlink loop stays unresolved and fails to read below
+        real = resolved(path)  # a symlink loop stays unresolved and fails to read below
     except ValueError as exc:  # a NUL byte in a path taken from a parquet cell
         raise RowError(f"{unreadable}: {describe(exc)}") from exc
     if not real.is_relative_to(boundary):
         raise RowError(f"path_escapes_root: {path} resolves to {real}, outside {boundary}")
     try:
-        return real.read_bytes()
+        return read_file(real)
     except FileNotFoundError as exc:
         raise RowError(f"{missing}: {path} does not exist") from exc
     except OSError as exc:  # a folder, a symlink loop, no permission
         raise RowError(f"{unreadable}: {describe(exc)}") from exc
+
+
+def resolved(path: Path) -> Path:
+    """`path` with every symlink resolved, as os.path.realpath gives it: one lstat for a file that
+    is not a link, whose folder was resolved before (a dataset's files share a few folders)."""
+    if path.name not in ("", ".", "..") and not os.path.islink(path):
+        return Path(_real_folder(str(path.parent)), path.name)
+    return Path(os.path.realpath(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def read_file(path: Path) -> bytes:
+    """The whole file, in one read of its size (and one more that finds its end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, os.fstat(fd).st_size + 1)]
+        while chunks[-1]:  # a file that grows while it is read is read to its end
+            chunks.append(os.read(fd, 1 << 20))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def decode_checked(image_bytes: bytes) -> Image.Image:
