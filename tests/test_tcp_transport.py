@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from rescue_eval.core.types import JudgeAnswer
 from rescue_eval.dist.serving import RoleServer
-from rescue_eval.dist.tcp import CALL, HEADER, HELLO, MAX_FRAME, TcpTransport, read_frame
+from rescue_eval.dist.tcp import CALL, HEADER, HELLO, MAX_FRAME, TcpTransport, bounded, read_frame
 from rescue_eval.dist.transport import DistConfig, RoleCallError, TransportError
 
 pytestmark = pytest.mark.unit
@@ -146,3 +146,24 @@ def test_an_interface_without_an_address_is_one_sentence_naming_the_variable(mon
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "no-such-interface0")
     with pytest.raises(TransportError, match="cannot listen on rank 0 .*set GLOO_SOCKET_IFNAME"):
         TcpTransport().start(dist.HashStore(), 0, 2, DistConfig())
+
+
+def test_a_bounded_socket_times_out_in_the_kernel_on_receive_and_on_send():
+    """The caller's sockets carry no Python timeout (that polls before every receive and send):
+    the kernel bounds each, and read_frame tells a timed-out receive from a closed connection."""
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        bounded(ours, 0.2)
+        assert ours.gettimeout() is None
+        stream = ours.makefile("rb")
+        watchdog = threading.Timer(3, peer.shutdown, [socket.SHUT_WR])  # without the bound: EOF, not a hang
+        watchdog.start()
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            read_frame(stream)
+        watchdog.cancel()
+        assert 0.15 < time.monotonic() - start < 2
+        peer.sendall(HEADER.pack(CALL, 3) + b"abc")
+        assert read_frame(stream) == (CALL, b"abc")  # the connection still works after a timeout
+        with pytest.raises(BlockingIOError):
+            ours.sendall(b"x" * (64 << 20))  # nobody reads: the send buffer stays full

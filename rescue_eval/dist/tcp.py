@@ -17,9 +17,10 @@ Frames, both ways, are (word, size) as two little-endian uint64, then `size` byt
     host -> caller   word CALL: pickle of (status, value), the answer
 
 Every rank listens on the address of the interface chosen for gloo (`dist.launch.local_address`)
-and publishes it through the process group's store. A call is bounded by dist.rpc_timeout_s, as
-with the other transports, and data a peer's kernel does not acknowledge within PEER_TIMEOUT_S
-(a machine gone) breaks the connection, on either side.
+and publishes it through the process group's store. A call's every wait (its send, then each
+receive of its answer) is bounded by dist.rpc_timeout_s, as with the other transports, and data
+a peer's kernel does not acknowledge within PEER_TIMEOUT_S (a machine gone) breaks the
+connection, on either side.
 """
 from __future__ import annotations
 
@@ -62,6 +63,19 @@ def connected(sock: socket.socket) -> socket.socket:
     return sock
 
 
+def bounded(sock: socket.socket, seconds: float) -> socket.socket:
+    """A blocking socket whose every send and receive the kernel bounds by `seconds` (SO_SNDTIMEO,
+    SO_RCVTIMEO). A Python timeout would poll before each one: two system calls, each releasing
+    the GIL, where one does, and on a busy rank taking the GIL back can cost a thread switch
+    (benchmarks/RESULTS.md, item 3). A receive that times out reads None (`read_frame`), a send
+    raises BlockingIOError."""
+    sock.settimeout(None)
+    timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))  # struct timeval on Linux
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+    return sock
+
+
 def hang_up(sock: socket.socket) -> None:
     """Close a connection now: a thread blocked reading it wakes with EOF."""
     try:
@@ -76,14 +90,19 @@ def send_frame(sock: socket.socket, word: int, data: bytes = b"") -> None:
 
 
 def read_frame(stream) -> tuple[int, bytes]:
-    """(word, payload) of the next frame; EOFError when the peer closed the connection."""
+    """(word, payload) of the next frame; EOFError when the peer closed the connection, TimeoutError
+    when a `bounded` socket's receive timed out."""
     header = stream.read(HEADER.size)
+    if header is None:
+        raise TimeoutError("no answer within dist.rpc_timeout_s")
     if len(header) < HEADER.size:
         raise EOFError("the connection closed")
     word, size = HEADER.unpack(header)
     if size > MAX_FRAME:
         raise EOFError(f"a frame of {size} bytes is not a role call")
     payload = stream.read(size)
+    if payload is None:
+        raise TimeoutError("the answer stopped arriving for dist.rpc_timeout_s")
     if len(payload) < size:
         raise EOFError("the connection closed in the middle of a message")
     return word, payload
@@ -158,7 +177,8 @@ class TcpTransport(PeerTransport):
             if target not in self.addresses:
                 host, port = self.store.get(f"tcp_transport/{target}").decode().rsplit(":", 1)
                 self.addresses[target] = (host, int(port))
-            sock = connected(socket.create_connection(self.addresses[target], timeout=self.timeout))
+            sock = bounded(connected(socket.create_connection(self.addresses[target], timeout=self.timeout)),
+                           self.timeout)
             if not self._keep(sock):
                 raise ConnectionError("the transport has stopped")
             send_frame(sock, HELLO, self.token)
