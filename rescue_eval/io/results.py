@@ -26,6 +26,7 @@ class ResultWriter:
             results_dir(out).mkdir(parents=True, exist_ok=True)
             repair_torn_tail(self.path)
             self._file = open(self.path, "ab", buffering=0)  # unbuffered: nothing half-written waits in memory
+            self._end = self._file.tell()  # kept here rather than asked for (a system call) per record
         except OSError as exc:
             raise UsageError(f"Cannot write results to {self.path} ({exc.strerror}); choose a writable "
                              f"--output.") from exc
@@ -33,14 +34,14 @@ class ResultWriter:
     def append(self, record: dict) -> None:
         """Write one line and make it durable, or leave the file as it was (no half line)."""
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-        start = self._file.tell()
         try:
             written = 0
             while written < len(line):  # a raw write may take only part of the line
                 written += self._file.write(line[written:])
             os.fsync(self._file.fileno())
+            self._end += written
         except OSError as exc:
-            self._file.truncate(start)
+            self._file.truncate(self._end)
             raise FatalError(f"Cannot write results to {self.path} ({exc.strerror}); the samples finished "
                              f"before are kept: free space or fix the folder, then rerun to resume.") from exc
 
