@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks import synthetic
 from benchmarks.table import Row, markdown
+from rescue_eval.dist.transport import between_ranks
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 READING = """How to read them (the module docstrings have the details):
@@ -71,7 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="synthetic model costs, ROLE=FIXED_MS+PER_ITEM_MS for planner, executor, scorer, judge")
     p.add_argument("--samples", type=int, default=480,
                    help="samples of the pipelined runs (items 1-3): a longer steady window measures the ratio closer")
-    p.add_argument("--transport", default="tcp", choices=("tcp", "rpc", "gloo"),
+    p.add_argument("--transport", default="tcp", choices=between_ranks(),
                    help="what carries role calls between the ranks of items 1-3 (the harness's default: tcp)")
     p.add_argument("--parallel-requests", type=int, default=16,
                    help="samples in flight per rank (items 1-3): enough to keep the bottleneck's batches full")

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rescue_eval.core.types import Sample
+from rescue_eval.dist.transport import between_ranks
 
 FAKE_KEY = "sk-FAKE-e2e-7f3a9"
 SCORES = ("giou", "ciou", "oracle_iou", "n_samples", "n_failed", "failures", "per_n", "subsets")
@@ -141,7 +142,7 @@ def served_in_one_batch(role: str, backend, method: str, items: list) -> list:
     return answers
 
 
-TRANSPORTS = ("tcp", "rpc", "gloo")  # every distributed test that calls roles across ranks runs on each
+TRANSPORTS = between_ranks()  # every distributed test that calls roles across ranks runs on each
 
 TORCHRUN_ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
 

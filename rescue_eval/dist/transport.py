@@ -25,6 +25,12 @@ TRANSPORTS.register("gloo", "rescue_eval.dist.gloo:GlooTransport")
 TRANSPORTS.register("local", "rescue_eval.dist.transport:LocalTransport")
 
 
+def between_ranks() -> tuple[str, ...]:
+    """The transports that carry role calls between ranks: every registered one but `local`
+    (the distributed tests and the benchmark run each)."""
+    return tuple(name for name in TRANSPORTS.names() if name != "local")
+
+
 @dataclass
 class DistConfig:
     """Distribution: how ranks reach the roles other ranks host.
