@@ -46,11 +46,19 @@ READING = """How to read them (the module docstrings have the details):
   TensorPipe, which wakes more threads per call: three runs of each, one after the other
   (2026-11-30, `--only 1,3 --repeats 3`, 8 in flight per rank, the window's ends), gave the
   whole rank 11.8 ms (10.4-12.1) on tcp against 15.1 (14.7-18.6) on rpc, the transport's
-  threads 4.4 against 8.3, the driver 4.9 against 5.3. The driver's own target stays at the
-  line: the full run of 2026-11-30 23:23 read 5.0, a miss in the second decimal (its runs'
-  medians over ranks, from the log's one-decimal figures: 5.15, 5.25, 4.65, 5.05, 4.1). What
-  is left in it is the search itself and the wake-ups of its role calls, not the transport's
-  threads.
+  threads 4.4 against 8.3, the driver 4.9 against 5.3. Besides its wake-ups, the driver pays
+  for its system calls: each releases the GIL, and on a busy rank taking it back can cost a
+  thread switch. strace of one rank (2026-12-01) counted about 58 calls per sample on its
+  sample threads, besides the GIL's own futex calls: reading the sample's two files took about
+  30 (os.path.realpath's lstat per path component, Path.read_bytes), every socket send and
+  receive was two (a poll for the Python timeout, then the call), and ten torch operations per
+  sample went into the metric states. Now it is 27: six a file, one per send and receive, and
+  the metric states take 64 records at a time. Six pairs of pipelined runs as items 1-3 make
+  them, old and new code alternately (2026-12-01 01:00-01:50), read the driver at 4.38 and
+  4.25 ms (medians): a few percent, less than the machine's own spread. The full run of
+  2026-11-30 23:23 read 5.0 (4.1-5.3) and this one 4.38 (3.9-4.7); most of that difference is
+  the hour each was taken in. What is left is the search itself and the wake-ups of its role
+  calls, not the transport's threads.
   The same code on one machine moved by up to a third between consecutive runs (2026-11-30, 16 runs
   in 95 minutes: driver 4.3-6.2 ms, whole rank 12.0-20.5), so a figure near its target passes
   or misses with the minute it was taken in. The hosts' decoded-mask cache never fills in a run
