@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from pathlib import Path
 
 import lightning as L
@@ -69,10 +70,19 @@ def read_inside(path: Path, boundary: Path, missing: str, unreadable: str) -> by
 
 def resolved(path: Path) -> Path:
     """`path` with every symlink resolved, as os.path.realpath gives it: one lstat for a file that
-    is not a link, whose folder was resolved before (a dataset's files share a few folders)."""
-    if path.name not in ("", ".", "..") and not os.path.islink(path):
+    is not a link, whose folder was resolved before (a dataset's files share a few folders; a
+    folder is resolved once per process, so the check is against the dataset's folders as they
+    were when first read). A NUL byte in the path raises ValueError, as realpath does."""
+    if path.name not in ("", ".", "..") and not _is_link(path):
         return Path(_real_folder(str(path.parent)), path.name)
     return Path(os.path.realpath(path))
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:  # missing, or a folder on the way that is not one: read_file says which
+        return False
 
 
 @functools.lru_cache(maxsize=4096)

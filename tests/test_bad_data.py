@@ -231,6 +231,8 @@ def test_parquet_rows_load_or_fail_with_their_reason(tmp_path):
         "gt_empty": ({"bytes": good, "path": None}, "the red block", np.zeros((H, W), bool).tolist(), None),
         "escape_relative": ({"bytes": None, "path": "../secret.jpg"}, "q", mask.tolist(), "path_escapes_root"),
         "escape_absolute": ({"bytes": None, "path": "/etc/passwd"}, "q", mask.tolist(), "path_escapes_root"),
+        "nul_in_name": ({"bytes": None, "path": "images/beside\0.jpg"}, "q", mask.tolist(), "image_unreadable"),
+        "nul_in_folder": ({"bytes": None, "path": "ima\0ges/beside.jpg"}, "q", mask.tolist(), "image_unreadable"),
         "no_image": (None, "q", mask.tolist(), "image_missing"),
         "path_missing": ({"bytes": None, "path": "images/gone.jpg"}, "q", mask.tolist(), "image_missing"),
         "image_empty": ({"bytes": b"", "path": None}, "q", mask.tolist(), "image_empty"),
