@@ -46,6 +46,7 @@ HEADER = struct.Struct("<QQ")
 CALL, HELLO, BYE = 0, 1, 1 << 32  # BYE + rank: that rank calls no more
 MAX_FRAME = 1 << 31  # larger than any request (an image's file bytes and its masks' RLE): not one of ours
 PEER_TIMEOUT_S = 60
+CUT = "the connection closed, or stalled for dist.rpc_timeout_s, in the middle of a message"
 
 
 def connected(sock: socket.socket) -> socket.socket:
@@ -90,21 +91,21 @@ def send_frame(sock: socket.socket, word: int, data: bytes = b"") -> None:
 
 
 def read_frame(stream) -> tuple[int, bytes]:
-    """(word, payload) of the next frame; EOFError when the peer closed the connection, TimeoutError
-    when a `bounded` socket's receive timed out."""
+    """(word, payload) of the next frame; TimeoutError when a `bounded` socket's receive timed out
+    before the frame began, EOFError when the peer closed the connection (or stalled mid-frame)."""
     header = stream.read(HEADER.size)
     if header is None:
         raise TimeoutError("no answer within dist.rpc_timeout_s")
-    if len(header) < HEADER.size:
+    if not header:
         raise EOFError("the connection closed")
+    if len(header) < HEADER.size:
+        raise EOFError(CUT)
     word, size = HEADER.unpack(header)
     if size > MAX_FRAME:
         raise EOFError(f"a frame of {size} bytes is not a role call")
     payload = stream.read(size)
-    if payload is None:
-        raise TimeoutError("the answer stopped arriving for dist.rpc_timeout_s")
-    if len(payload) < size:
-        raise EOFError("the connection closed in the middle of a message")
+    if payload is None or len(payload) < size:
+        raise EOFError(CUT)
     return word, payload
 
 
