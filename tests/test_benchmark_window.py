@@ -4,10 +4,9 @@ fall against the window's ends."""
 import pytest
 
 from benchmarks.pipeline import steady_state
+from benchmarks.pipeline_worker import TICK_S
 
 pytestmark = pytest.mark.unit
-
-TICK_S = 0.2  # the sampler's period (benchmarks/pipeline_worker.TICK_S)
 
 
 def clumped_rank(clump: int, period_s: float, offset_s: float, samples: int, cpu_ms: float) -> list:

@@ -138,9 +138,10 @@ def test_records_added_in_batches_give_what_one_at_a_time_gives(monkeypatch):
     one_by_one = SplitMetrics([1, 2], ["short", "long"])
     for r in records:
         one_by_one.update_record(r)
-    assert batched.compute() == one_by_one.compute()
-    assert batched.compute()["n_samples"] == len(records)
-    assert sum(batched.compute()["subsets"][s]["n_samples"] for s in ("short", "long")) == sum(
+    summary = batched.compute()
+    assert summary == one_by_one.compute()
+    assert summary["n_samples"] == len(records)
+    assert sum(summary["subsets"][s]["n_samples"] for s in ("short", "long")) == sum(
         r["subset"] != "other" for r in records)
 
 
