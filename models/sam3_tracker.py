@@ -3,7 +3,8 @@
 `Sam3TrackerModel` turns one box into one mask (the concept model `Sam3Model` would treat a box
 as an exemplar and return every similar object, which is not what a hypothesis means). The
 expensive part is the image encoder, so each image is encoded once and all its boxes are
-decoded together from that embedding.
+decoded together from that embedding. Images are encoded one at a time, so that a sample's masks
+are the same bits whatever other samples a batch holds.
 
 Checked against transformers 5.24 (models/sam3_tracker, models/sam3) and facebookresearch/sam3
 (sam1_task_predictor.py, vl_combiner.py, utils/sam1_utils.py):
@@ -76,13 +77,14 @@ class Sam3TrackerSegmenter:
         if not todo:
             return results
         with torch.inference_mode():
-            # One encoder pass for all images of the batch: each image is embedded exactly once.
-            images = [batch[i].image.convert("RGB") for i in todo]
-            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-            embeddings = self.model.get_image_embeddings(pixels.to(self.device, self.dtype))
-            for row, i in enumerate(todo):
-                item_embedding = [level[row:row + 1] for level in embeddings]
-                results[i] = self._decode_boxes(batch[i], item_embedding)
+            for i in todo:
+                # One encoder pass per image, never one for the batch: the encoder's numbers then do
+                # not depend on which other samples share the call (GEMM shapes), so a mask pixel
+                # near the threshold cannot flip with world size or parallel_requests. An image of
+                # 1008 px is enough work for a GPU on its own; SAM 3's predictor also encodes one.
+                pixels = self.processor(images=[batch[i].image.convert("RGB")], return_tensors="pt")["pixel_values"]
+                results[i] = self._decode_boxes(batch[i], self.model.get_image_embeddings(
+                    pixels.to(self.device, self.dtype)))
         return results
 
     def _decode_boxes(self, item: SegmentItem, image_embedding: list) -> list[np.ndarray]:
