@@ -92,6 +92,18 @@ def test_resume_skips_finished_samples_and_repairs_a_torn_line(env, demo_run, tm
     assert decisions(crashed) == decisions(demo_run)
 
 
+@pytest.mark.parametrize("in_flight", [1, 8])
+def test_samples_in_flight_change_no_choice_and_no_mask(env, demo_run, tmp_path, in_flight):
+    """1 or 8 samples in flight batch other mixes of samples in every role than the default 4: the
+    choices, the candidates' masks and the scores built on them are the same."""
+    out = tmp_path / f"in-flight-{in_flight}"
+    cli(env, "run", "--config", "configs/demo.yaml", "--output", str(out), "--max_n", "4", "--run.progress", "false",
+        "--run.parallel_requests", str(in_flight))
+    assert scores(out) == scores(demo_run) and decisions(out) == decisions(demo_run)
+    masks = {r["id"]: [c["mask"] for c in r["candidates"]] for r in records(demo_run)}
+    assert {r["id"]: [c["mask"] for c in r["candidates"]] for r in records(out)} == masks
+
+
 def test_a_different_config_is_refused_unless_forced(env, demo_run):
     proc = cli(env, "run", "--output", str(demo_run), "--max_n", "2", check=False)
     assert proc.returncode == 2 and "planner.max_n" in proc.stderr and "--run.force" in proc.stderr
