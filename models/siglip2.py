@@ -69,33 +69,36 @@ class Siglip2Scorer:
         self.model = model.to(self.device).eval()
 
     def score(self, batch: list[ScoreItem]) -> list[list[float]]:
+        """One score per mask of each item; an empty mask keeps 0.0.
+
+        Each item goes through the model on its own: its query's text alone (encoded once per
+        distinct query in the batch) and its crops in chunks of `max_batch`. Its scores are then
+        the same bits whatever other samples share the batch; mixed passes moved them in the 7th
+        digit, which the selection's min-max scaling magnifies by 1 / (the item's score spread).
+        The price is smaller passes on a GPU: a sample's N crops instead of up to `max_batch`."""
         import torch
 
-        scores = [[0.0] * len(item.masks) for item in batch]  # an empty mask keeps 0.0
-        crops, slots, queries = [], [], []  # slots[k] = (item index, mask index) of crops[k]
-        for i, item in enumerate(batch):
-            pixels = np.asarray(item.image.convert("RGB"))  # converted once, cropped per mask
-            for j, mask in enumerate(item.masks):
-                crop = masked_crop(pixels, mask)
-                if crop is not None:
-                    crops.append(crop)
-                    slots.append((i, j))
-                    queries.append(item.query.lower())
+        texts: dict = {}
+        with torch.inference_mode():
+            scale, bias = self.model.logit_scale.float().exp(), self.model.logit_bias.float()
+            return [self._score_item(item, texts, scale, bias) for item in batch]
+
+    def _score_item(self, item: ScoreItem, texts: dict, scale, bias) -> list[float]:
+        import torch
+
+        scores = [0.0] * len(item.masks)
+        pixels = np.asarray(item.image.convert("RGB"))  # converted once, cropped per mask
+        crops = [(j, crop) for j, mask in enumerate(item.masks) if (crop := masked_crop(pixels, mask)) is not None]
         if not crops:
             return scores
-        with torch.inference_mode():
-            distinct = sorted(set(queries))
-            text_embeds = self._encode_texts(distinct)
-            text_row = {query: row for row, query in enumerate(distinct)}
-            scale, bias = self.model.logit_scale.float().exp(), self.model.logit_bias.float()
-            for start in range(0, len(crops), self.max_batch):
-                chunk = range(start, min(start + self.max_batch, len(crops)))
-                image_embeds = self._encode_images([crops[k] for k in chunk])
-                matching_text = text_embeds[[text_row[queries[k]] for k in chunk]]
-                logits = (image_embeds * matching_text).sum(dim=-1) * scale + bias
-                for k, value in zip(chunk, torch.sigmoid(logits).tolist()):
-                    i, j = slots[k]
-                    scores[i][j] = float(value)
+        query = item.query.lower()
+        if query not in texts:
+            texts[query] = self._encode_texts([query])
+        for start in range(0, len(crops), self.max_batch):
+            chunk = crops[start:start + self.max_batch]
+            logits = (self._encode_images([crop for _, crop in chunk]) * texts[query]).sum(dim=-1) * scale + bias
+            for (j, _), value in zip(chunk, torch.sigmoid(logits).tolist()):
+                scores[j] = float(value)
         return scores
 
     def _encode_texts(self, texts: list[str]):

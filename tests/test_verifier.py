@@ -193,7 +193,7 @@ def test_a_judge_error_on_one_question_is_that_questions_unusable_answer():
 
 
 def test_noise_below_the_resolution_never_flips_a_choice():
-    """Scores that differ by batch noise (1e-7) choose as if equal: the earlier hypothesis, in the
+    """Scores that differ by float noise (1e-7) choose as if equal: the earlier hypothesis, in the
     heuristic, in the tournament's seeding and in its fallback, whatever the noise."""
     rng = np.random.default_rng(3)
     same = box_mask(20, 20, 0, 0, 10, 10)

@@ -169,9 +169,11 @@ def select_sweep(sizes: dict[int, int], agree: PrefixAgreement, siglip: list[flo
     return strategy(settings).select_sweep(sizes, agree, siglip, judge, settings)
 
 
-# Scores are compared at this resolution, ties going to the earlier hypothesis: a model's scores
-# move in the 7th digit when a role batches another mix of samples (GEMM shapes, padding), and
-# that must not flip a choice between world sizes or parallel_requests settings.
+# Scores are compared at this resolution, ties going to the earlier hypothesis, so that candidates
+# scored equal but for float noise (the same mask twice, another thread count) compare as equal.
+# Rounding only narrows a flip by noise (a value at a rounding boundary still rounds either way,
+# and min-max scaling magnifies it), which is why the executor and the scorer compute each sample
+# in passes of its own: their outputs do not move with the batch mix at all.
 RESOLUTION = 1e-6
 
 
