@@ -39,12 +39,13 @@ def scores(out: Path) -> dict:
     return {k: summary[k] for k in SCORES}
 
 
-def decisions(out):
-    """What was chosen and how it scored. Model scores themselves (SigLIP2, hybrid) may differ
-    in the 7th digit when a role batches another mix of samples, so they are not compared."""
-    keys = ("chosen", "index", "intersection", "union", "iou", "oracle_iou", "judge_calls", "cut_the_chase")
-    return {r["id"]: ({n: {k: e.get(k) for k in keys} for n, e in r["sweep"].items()},
-                      [h["raw_text"] for h in r["hypotheses"]], r["prediction"], r["failure"]) for r in records(out)}
+def records_by_id(out: Path, leave_out: tuple = ("timing",)) -> dict:
+    """Every record by sample id, all but its `leave_out` fields (its timing): what was asked,
+    answered, segmented, scored and chosen. The executor and the scorer compute each sample in
+    passes of its own, so these are the same bits for any world size, layout or samples in
+    flight at one thread per process, as every test runs (on a CPU another thread count moves
+    float scores in the 7th digit)."""
+    return {r["id"]: {k: v for k, v in r.items() if k not in leave_out} for r in records(out)}
 
 
 def wandb_records(path: Path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.helpers import TRANSPORTS, decisions, ok, records, scores, torchrun
+from tests.helpers import TRANSPORTS, ok, records, records_by_id, scores, torchrun
 
 pytestmark = pytest.mark.torchrun
 
@@ -45,7 +45,7 @@ def test_identical_results_for_any_world_size_and_layout(env, baseline, tmp_path
     assert scores(out) == scores(baseline)
     recs = records(out)
     assert len(recs) == len({r["id"] for r in recs}) == 16  # no padding, no duplicates, none lost
-    assert decisions(out) == decisions(baseline)
+    assert records_by_id(out) == records_by_id(baseline)
     assert {p.name for p in (out / "results").glob("rank-*.jsonl")} == {f"rank-{r}.jsonl" for r in range(world)}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == world
@@ -69,7 +69,7 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes(env, baseline, tmp_pa
     ok(torchrun(env, 2, out, *dedicated(2), transport=transport))
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["attempts"][-1]["timing"]["new_samples"] == 16 - len(written)
-    assert scores(out) == scores(baseline) and decisions(out) == decisions(baseline)
+    assert scores(out) == scores(baseline) and records_by_id(out) == records_by_id(baseline)
 
 
 def test_one_restart_completes_the_job_by_itself(env, baseline, tmp_path, transport):
@@ -77,7 +77,7 @@ def test_one_restart_completes_the_job_by_itself(env, baseline, tmp_path, transp
     ok(torchrun({**env, "RESCUE_EVAL_FAULT": "1:2"}, 2, out, *dedicated(2), restarts=1, timeout=600,
                 transport=transport))
     assert (out / ".fault-injected").exists()
-    assert scores(out) == scores(baseline) and decisions(out) == decisions(baseline)
+    assert scores(out) == scores(baseline) and records_by_id(out) == records_by_id(baseline)
 
 
 def test_placement_on_a_missing_rank_is_one_clear_sentence(env, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.launch import COMMON_RUN_ARGS, torchrun
 from benchmarks.pipeline import DEDICATED, make_dataset
-from tests.helpers import TRANSPORTS, decisions, records, scores
+from tests.helpers import TRANSPORTS, records, records_by_id, scores
 
 pytestmark = pytest.mark.torchrun
 
@@ -40,7 +40,7 @@ def test_24_ranks_give_the_summary_of_4(data, four_ranks, tmp_path, transport):
     run(24, out, data, transport)
     recs = records(out)
     assert len(recs) == len({r["id"] for r in recs}) == SAMPLES
-    assert scores(out) == scores(four_ranks) and decisions(out) == decisions(four_ranks)
+    assert scores(out) == scores(four_ranks) and records_by_id(out) == records_by_id(four_ranks)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 24
     assert {p.name for p in (out / "results").glob("rank-*.jsonl")} == {f"rank-{r}.jsonl" for r in range(24)}

@@ -12,7 +12,7 @@ import pytest
 
 from rescue_eval.dist.launch import NETWORK_VARIABLES
 from rescue_eval.io.results import load_records
-from tests.helpers import TORCHRUN_ARGS, TRANSPORTS, cli, decisions, records, scores
+from tests.helpers import TORCHRUN_ARGS, TRANSPORTS, cli, records, records_by_id, scores
 from tests.netns import cluster
 
 pytestmark = pytest.mark.torchrun
@@ -60,7 +60,7 @@ def test_two_nodes_give_the_one_process_results(env, one_process, tmp_path, layo
         assert code == 0, err[-3000:]
     node0_err = results[0][1]
     assert f"network interface eth0 ({nodes.addresses[0]})" in node0_err  # not 127.0.1.1, its hostname's address
-    assert scores(out) == scores(one_process) and decisions(out) == decisions(one_process)
+    assert scores(out) == scores(one_process) and records_by_id(out) == records_by_id(one_process)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 4 and len(records(out)) == 16
     if layout == "dedicated":
@@ -91,4 +91,4 @@ def test_a_node_that_disappears_stops_the_job_and_the_rerun_resumes(env, one_pro
         assert code == 0, err[-3000:]
     recs = records(out)
     assert len(recs) == len({r["id"] for r in recs}) == 16 and kept >= 3  # nothing lost, nothing twice
-    assert scores(out) == scores(one_process) and decisions(out) == decisions(one_process)
+    assert scores(out) == scores(one_process) and records_by_id(out) == records_by_id(one_process)

@@ -9,7 +9,7 @@ import pytest
 
 from rescue_eval.dist.launch import NETWORK_VARIABLES
 from rescue_eval.io.results import load_records
-from tests.helpers import cli, decisions, records, scores
+from tests.helpers import cli, records, records_by_id, scores
 from tests.netns import cluster
 from tests.slurm import SBATCH_SCRIPT, SKIP, WHY, job_state, local_cluster, run, until
 
@@ -47,7 +47,7 @@ def test_a_two_node_job_gives_the_one_process_results(two_nodes, one_process, tm
     job_log = log.read_text() if log.exists() else "(no job log)"
     assert proc.returncode == 0, f"{proc.stderr}\n--- job log ---\n{job_log[-6000:]}"
     assert "2 node(s) x 2 rank(s), rendezvous node0" in job_log
-    assert scores(out) == scores(one_process) and decisions(out) == decisions(one_process)
+    assert scores(out) == scores(one_process) and records_by_id(out) == records_by_id(one_process)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 4 and summary["roles"]["scorer"]["ranks"] == [2]  # on node1
 
@@ -72,5 +72,5 @@ def test_preemption_requeues_the_two_node_job_and_it_resumes_exactly(two_nodes, 
     assert len(recs) == len({r["id"] for r in recs}) == 16, job_log[-6000:]
     baseline = tmp_path / "baseline"
     cli(env, "run", "--output", str(baseline), *ARGS, *slow)
-    assert scores(out) == scores(baseline) and decisions(out) == decisions(baseline)
+    assert scores(out) == scores(baseline) and records_by_id(out) == records_by_id(baseline)
     assert json.loads((out / "summary.json").read_text())["attempts"][-1]["world_size"] == 4
