@@ -55,17 +55,21 @@ READING = """How to read them (the module docstrings have the details):
   sample went into the metric states. Now it is 27: six a file, one per send and receive, and
   the metric states take 64 records at a time. Six pairs of pipelined runs as items 1-3 make
   them, old and new code alternately (2026-12-01 01:00-01:50), read the driver at 4.38 and
-  4.25 ms (medians): a few percent, less than the machine's own spread. The full run of
-  2026-11-30 23:23 read 5.0 (4.1-5.3) and this one 4.38 (3.9-4.7); most of that difference is
-  the hour each was taken in. What is left is the search itself and the wake-ups of its role
-  calls, not the transport's threads.
+  4.25 ms (medians): a few percent, less than the machine's own spread. The full runs of
+  2026-11-30 23:23 and 2026-12-01 02:08 read 5.0 (4.1-5.3) and 4.38 (3.9-4.7), this one 4.41
+  (4.2-4.7); most of the difference from the first is the hour it was taken in. What is left is
+  the search itself and the wake-ups of its role calls, not the transport's threads.
   The same code on one machine moved by up to a third between consecutive runs (2026-11-30, 16 runs
   in 95 minutes: driver 4.3-6.2 ms, whole rank 12.0-20.5), so a figure near its target passes
   or misses with the minute it was taken in. The hosts' decoded-mask cache never fills in a run
   this short, so every mask they decode lands in fresh memory (about 600 page faults per own
   sample on the scorer's and judge's hosts): a longer run pays that only until it fills.
 - Item 6: each repeat runs the sequential baseline (one rank, one sample in flight) first, then
-  the layouts; the ratios are taken within a repeat."""
+  the layouts; the ratios are taken within a repeat. Since 2026-12-01 the executor and the
+  scorer compute each sample in passes of its own (a sample's masks and scores then do not
+  depend on the batch): the ratios of this run are about those of the run before (1.45x, 2.84x
+  and 2.52x colocated, 2.06x and 2.14x dedicated, against 1.45x, 2.76x, 2.63x, 2.06x, 1.92x);
+  the absolute rates moved with the hour, the sequential baseline's (batches of one) too."""
 ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
