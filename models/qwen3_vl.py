@@ -5,8 +5,9 @@ Both roles batch their requests into one `generate` call per chunk of `max_batch
 logits processor and parsed leniently anyway (models/parsing.py).
 
 Planner sampling is the Gumbel-max trick with one torch.Generator per row: hypothesis k draws
-its noise from its own seed, so its text does not depend on which other prompts share the
-batch, and every row can have its own temperature. generate() itself runs greedy.
+its noise from its own seed, so its draws do not depend on which other prompts share the batch
+(its logits still move in the last digits with the padding: a token can change only at a tie
+that close), and every row can have its own temperature. generate() itself runs greedy.
 """
 from __future__ import annotations
 

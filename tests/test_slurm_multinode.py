@@ -28,7 +28,9 @@ def two_nodes(tmp_path_factory, cli_env):
     with cluster(2) as nodes:
         spec = " ".join(f"{n}={a}@{ns}" for n, a, ns in zip(nodes.names, nodes.addresses, nodes.namespaces))
         with local_cluster(tmp_path_factory.mktemp("slurm2"), spec) as env:
-            env = {k: v for k, v in {**cli_env, **env}.items() if k not in NETWORK_VARIABLES}
+            # one thread per process, as the baseline: another count moves SigLIP2 scores in the 7th digit
+            env = {k: v for k, v in {**cli_env, **env, "OMP_NUM_THREADS": cli_env["OMP_NUM_THREADS"]}.items()
+                   if k not in NETWORK_VARIABLES}
             yield {**env, "NPROC_PER_NODE": "2", "PYTHON": sys.executable}, ["ip", "netns", "exec", nodes.namespaces[0]]
 
 
