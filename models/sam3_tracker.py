@@ -80,8 +80,8 @@ class Sam3TrackerSegmenter:
             for i in todo:
                 # One encoder pass per image, never one for the batch: the encoder's numbers then do
                 # not depend on which other samples share the call (GEMM shapes), so a mask pixel
-                # near the threshold cannot flip with world size or parallel_requests. An image of
-                # 1008 px is enough work for a GPU on its own; SAM 3's predictor also encodes one.
+                # near the threshold cannot flip with world size or parallel_requests. SAM 3's own
+                # predictor (the sam3 package backend) also encodes one image at a time.
                 pixels = self.processor(images=[batch[i].image.convert("RGB")], return_tensors="pt")["pixel_values"]
                 results[i] = self._decode_boxes(batch[i], self.model.get_image_embeddings(
                     pixels.to(self.device, self.dtype)))
