@@ -72,23 +72,17 @@ class Sam3TrackerSegmenter:
     def segment(self, batch: list[SegmentItem]) -> list[list[np.ndarray]]:
         import torch
 
-        results: list[list[np.ndarray]] = [[] for _ in batch]
-        todo = [i for i, item in enumerate(batch) if item.boxes]
-        if not todo:
-            return results
         with torch.inference_mode():
-            for i in todo:
-                # One encoder pass per image, never one for the batch: the encoder's numbers then do
-                # not depend on which other samples share the call (GEMM shapes), so a mask pixel
-                # near the threshold cannot flip with world size or parallel_requests. SAM 3's own
-                # predictor (the sam3 package backend) also encodes one image at a time.
-                pixels = self.processor(images=[batch[i].image.convert("RGB")], return_tensors="pt")["pixel_values"]
-                results[i] = self._decode_boxes(batch[i], self.model.get_image_embeddings(
-                    pixels.to(self.device, self.dtype)))
-        return results
+            return [self._segment_item(item) if item.boxes else [] for item in batch]
 
-    def _decode_boxes(self, item: SegmentItem, image_embedding: list) -> list[np.ndarray]:
-        """All boxes of one image in one prompt-decoder call; one mask per box, in box order."""
+    def _segment_item(self, item: SegmentItem) -> list[np.ndarray]:
+        """The image encoded once, then all its boxes in one prompt-decoder call; one mask per box,
+        in box order. One encoder pass per image, never one for the batch: the encoder's numbers
+        then do not depend on which other samples share the call (GEMM shapes), so a mask pixel
+        near the threshold cannot flip with world size or parallel_requests. SAM 3's own
+        predictor (the sam3 package backend) also encodes one image at a time."""
+        pixels = self.processor(images=[item.image.convert("RGB")], return_tensors="pt")["pixel_values"]
+        image_embedding = self.model.get_image_embeddings(pixels.to(self.device, self.dtype))
         prompts = self.processor(
             original_sizes=[[item.image.height, item.image.width]],
             input_boxes=[[list(map(float, box)) for box in item.boxes]],

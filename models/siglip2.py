@@ -84,8 +84,6 @@ class Siglip2Scorer:
             return [self._score_item(item, texts, scale, bias) for item in batch]
 
     def _score_item(self, item: ScoreItem, texts: dict, scale, bias) -> list[float]:
-        import torch
-
         scores = [0.0] * len(item.masks)
         pixels = np.asarray(item.image.convert("RGB"))  # converted once, cropped per mask
         crops = [(j, crop) for j, mask in enumerate(item.masks) if (crop := masked_crop(pixels, mask)) is not None]
@@ -97,7 +95,7 @@ class Siglip2Scorer:
         for start in range(0, len(crops), self.max_batch):
             chunk = crops[start:start + self.max_batch]
             logits = (self._encode_images([crop for _, crop in chunk]) * texts[query]).sum(dim=-1) * scale + bias
-            for (j, _), value in zip(chunk, torch.sigmoid(logits).tolist()):
+            for (j, _), value in zip(chunk, logits.sigmoid().tolist()):
                 scores[j] = float(value)
         return scores
 

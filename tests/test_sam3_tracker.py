@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rescue_eval.models import tiny
+from rescue_eval.models import sam3_tracker, tiny
 from rescue_eval.models.sam3_layout import load_tracker
 from rescue_eval.models.sam3_tracker import Sam3TrackerSegmenter, fill_holes
 from rescue_eval.core.types import SegmentItem
@@ -67,8 +67,6 @@ def test_boxes_decoded_together_match_one_at_a_time_in_order(segmenter):
 def test_an_items_logits_are_the_same_bits_alone_and_batched(segmenter, monkeypatch):
     """Not only the masks: the decoder's logits, so that no pixel near the threshold can flip
     when other samples share the batch (an encoder pass over several images changed them)."""
-    from rescue_eval.models import sam3_tracker
-
     logits = []
     monkeypatch.setattr(sam3_tracker, "fill_holes", lambda low_res: logits.append(low_res) or fill_holes(low_res))
     items = [SegmentItem(make_image(2), BOXES[:2]), SegmentItem(make_image(3), BOXES[2:]),
