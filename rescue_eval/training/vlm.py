@@ -8,8 +8,9 @@ on the 0..1000 grid, compactly, as the grammar makes it). Listing and naming gro
 in the picture before the queries' reasoning is learnt: trained on queries from the start, the
 planner learnt the answers' format and where shapes tend to be, not where they are. The vision
 tower trains at a tenth of the rate throughout (vision.py says why). The judge starts from the
-planner's weights (it has learnt to find what a query names) and learns to rate a red-drawn
-candidate mask (the score is round(10 x IoU with the target)) and to pick the better of two.
+planner's weights and learns to rate a red-drawn candidate mask (the score is round(10 x IoU
+with the target)) and to pick the better of two. Neither learns, in these steps, to match the
+query against the picture: the planner's box follows the picture, not the query (README).
 Prompts and images are built by the same functions the backends use (models/prompts.py,
 models/vlm_requests.py), and the loss covers the answers and their end-of-turn tokens only.
 """
