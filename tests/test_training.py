@@ -35,6 +35,7 @@ def test_training_is_deterministic_and_writes_loadable_twins_with_cards(tmp_path
         assert report.steps == max(1, round(0.004 * STEPS[report.name]))
         assert "## Loss" in card and "## Held-out scores" in card and report.held_out
         assert all(f"| {name} |" in card for name in report.held_out)
+        assert report.cpu and f"CPU threads ({report.cpu})" in card  # weights are reproducible per CPU model
         assert json.loads((tmp_path / "a" / report.name / "training.json").read_text())["losses"]
 
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rescue_eval.training.loop import THREADS, Report, seed_for, write_card
+from rescue_eval.training.loop import THREADS, Report, cpu_model, seed_for, write_card
 
 # Steps per twin at scale 1: about 13.5 minutes in all on 2 CPU cores (runs here vary by 10 %).
 STEPS = {"executor": 1000, "scorer": 3000, "planner": 1300, "judge": 200}
@@ -50,6 +50,7 @@ def train_all(out_root: Path, scale: float = 1.0, held_out: range = HELD_OUT) ->
             folder = work / name
             folder.mkdir()
             report = train(folder)
+            report.cpu = cpu_model()
             write_card(report, folder)
             reports.append(report)
             print(f"  {name}: {report.seconds:.0f} s; held out: "

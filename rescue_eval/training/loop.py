@@ -2,7 +2,9 @@
 
 Deterministic: each twin seeds torch from its own name, runs on the CPU with a fixed number of
 threads and deterministic algorithms, and draws its examples from seeded generators, so the
-same command on the same kind of machine writes the same weights.
+same command on the same CPU model writes the same weights. Another CPU model may not: the math
+libraries pick their kernels by instruction set, and the float sums differ (README), so each
+card names the CPU it was trained on.
 """
 from __future__ import annotations
 
@@ -32,6 +34,19 @@ class Report:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since the last entry)
     held_out: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu: str = ""  # the CPU model it was trained on (cpu_model()); empty on cards written before it was recorded
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it (platform.processor() elsewhere)."""
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
 
 
 def seed_for(name: str) -> int:
@@ -100,7 +115,7 @@ say how often it is right there.
 - **Data:** {report.data}
 - **Steps:** {report.steps}, batch {report.batch}, AdamW at {report.learning_rate:g} (warm-up, cosine decay){scaled}
 - **Parameters:** {report.parameters:,}
-- **Training time:** {report.seconds:.0f} s on {THREADS} CPU threads
+- **Training time:** {report.seconds:.0f} s on {THREADS} CPU threads{f' ({report.cpu})' if report.cpu else ''}
 
 ## Loss (mean over the steps since the previous row)
 

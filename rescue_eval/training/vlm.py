@@ -41,6 +41,7 @@ STAGES = ("listing", "naming", "queries")  # the planner's curriculum, a third o
 VISION_RATE_SCALES = {"model.visual.": 0.1}  # the vision tower at a tenth of the rate (vision.py says why)
 LIST_PROMPT = "List every shape with its box."
 COMPACT = {"separators": (",", ":")}  # the answer as the grammar writes it
+NAMING_SCENES = 30  # held-out pictures whose shapes the planner is asked for by name (evaluate_naming)
 
 
 def tokenizer_corpus() -> list[str]:
@@ -208,7 +209,25 @@ def evaluate_planner(folder: Path, scenes: range) -> dict[str, float]:
         best.append(any(hits))
         kinds.setdefault(scene.reasoning, []).append(hits[0])
     return {**by_kind("first hypothesis right", kinds),
-            "first hypothesis right": float(np.mean(first)), "one of 8 hypotheses right": float(np.mean(best))}
+            "first hypothesis right": float(np.mean(first)), "one of 8 hypotheses right": float(np.mean(best)),
+            **evaluate_naming(folder, scenes[:NAMING_SCENES])}
+
+
+def evaluate_naming(folder: Path, scenes: range) -> dict[str, float]:
+    """Whether the planner reads the query: each uniquely named shape of a picture asked for in
+    turn ("the red circle", greedy). A planner that follows the picture but not the query gives
+    one box per picture whatever the name."""
+    planner = Qwen3VLPlanner(str(folder), max_new_tokens=40, strategies=["direct"], temperatures=[0.0])
+    found, distinct = [], []
+    for index in scenes:
+        scene = training_scene(index)
+        named = [i for i, name in enumerate(scene.names) if scene.names.count(name) == 1 and scene.masks[i].any()]
+        answers = planner.propose([PlanItem(scene.image, f"the {scene.names[i]}", n=1, seed=index) for i in named])
+        found += [h.box is not None and box_iou(h.box, answer_box_pixels(scene.masks[i])) >= 0.5
+                  for i, (h,) in zip(named, answers)]
+        distinct.append(len({h.raw_text for h, in answers}))
+    return {"named shape found, each asked for in turn": float(np.mean(found)),
+            "distinct boxes per picture, each shape asked for in turn": float(np.mean(distinct))}
 
 
 def evaluate_judge(folder: Path, scenes: range) -> dict[str, float]:
