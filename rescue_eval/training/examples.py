@@ -31,6 +31,11 @@ class TrainingScene:
     def target_mask(self) -> np.ndarray:
         return self.masks[self.target]
 
+    @property
+    def uniquely_named(self) -> list[int]:
+        """The visible shapes whose name ("red circle") no other shape of the scene has, in drawing order."""
+        return [i for i, name in enumerate(self.names) if self.names.count(name) == 1 and self.masks[i].any()]
+
 
 def training_scene(index: int) -> TrainingScene:
     scene = world.scene("train", index)

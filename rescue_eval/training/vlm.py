@@ -91,7 +91,7 @@ def plan_example(index: int, rng: np.random.Generator, naming_only: bool):
     things are with many short answers per picture; it comes before the queries (STAGES)."""
     scene = training_scene(index)
     names = scene.names
-    unique = [i for i in range(len(names)) if names.count(names[i]) == 1 and scene.masks[i].any()]
+    unique = scene.uniquely_named
     naming_only = naming_only and bool(unique)
     messages = [] if naming_only else answered(plan_messages(scene.query, str(rng.choice(list(STRATEGIES)))),
                                                box_answer(scene.target_mask))
@@ -221,7 +221,7 @@ def evaluate_naming(folder: Path, scenes: range) -> dict[str, float]:
     found, distinct = [], []
     for index in scenes:
         scene = training_scene(index)
-        named = [i for i, name in enumerate(scene.names) if scene.names.count(name) == 1 and scene.masks[i].any()]
+        named = scene.uniquely_named
         answers = planner.propose([PlanItem(scene.image, f"the {scene.names[i]}", n=1, seed=index) for i in named])
         found += [h.box is not None and box_iou(h.box, answer_box_pixels(scene.masks[i])) >= 0.5
                   for i, (h,) in zip(named, answers)]
