@@ -143,7 +143,10 @@ def served_in_one_batch(role: str, backend, method: str, items: list) -> list:
     return answers
 
 
-TRANSPORTS = between_ranks()  # every distributed test that calls roles across ranks runs on each
+# Each transport runs the tests of what a transport does: results in the dedicated layout, a
+# killed rank, a restart, many ranks, a lost node. Other features that happen to call roles
+# across ranks (suites, a fresh cache, two nodes' network) run on tcp, the default.
+TRANSPORTS = between_ranks()
 
 TORCHRUN_ARGS = ["--max_n", "2", "--run.progress", "false", "--wandb.enabled", "false"]
 

@@ -1,5 +1,5 @@
 """Many ranks on one machine: 24 ranks in the dedicated layout, on the benchmarks' synthetic
-backends (they only sleep), give the summary of 4 ranks, on every transport."""
+backends (they only sleep), give the summary of 4 ranks; so do 12 on the other transports."""
 import json
 
 import pytest
@@ -35,12 +35,16 @@ def four_ranks(data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_24_ranks_give_the_summary_of_4(data, four_ranks, tmp_path, transport):
-    out = tmp_path / "w24"
-    run(24, out, data, transport)
+def test_many_ranks_give_the_summary_of_4(data, four_ranks, tmp_path, transport):
+    # 24 ranks (three nodes of 8 GPUs) on tcp, the default; a rank takes about 6 s of CPU to start, so
+    # the others run 12, still more callers than a host has request handlers (rpc 4, gloo 8); the
+    # benchmarks' item 7 runs 24 on each
+    world = 24 if transport == "tcp" else 12
+    out = tmp_path / f"w{world}"
+    run(world, out, data, transport)
     recs = records(out)
     assert len(recs) == len({r["id"] for r in recs}) == SAMPLES
     assert scores(out) == scores(four_ranks) and records_by_id(out) == records_by_id(four_ranks)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 24
-    assert {p.name for p in (out / "results").glob("rank-*.jsonl")} == {f"rank-{r}.jsonl" for r in range(24)}
+    assert summary["world_size"] == world
+    assert {p.name for p in (out / "results").glob("rank-*.jsonl")} == {f"rank-{r}.jsonl" for r in range(world)}
