@@ -23,9 +23,15 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/rescue-eval run --config configs/world.yaml --output $(OUT)
 
+# The in-process and command-line tiers on two workers, a test file each at a time (their
+# subprocesses use one core each), then the multi-rank tiers alone (their ranks use every core).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+PARALLEL := -n 2 --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PYTEST) $(PARALLEL) -m "unit or cli"
+	$(PYTEST) -m "not unit and not cli"
 
 test-oldest: setup
 	$(PY) -m pip install -q --no-deps --upgrade --target $(OLDEST_DIR) $(OLDEST)
-	PYTHONPATH=$(OLDEST_DIR) $(PY) -m pytest -q -p no:cacheprovider -m unit
+	PYTHONPATH=$(OLDEST_DIR) $(PYTEST) $(PARALLEL) -m unit
