@@ -69,7 +69,7 @@ def test_planner_answers_are_loose_boxes_on_the_step_and_only_answers_are_learnt
 
     from rescue_eval.core.masks import mask_box
     from rescue_eval.models.tiny import resolve_checkpoint as resolve
-    from rescue_eval.training.examples import BOX_STEP, answer_box_pixels, training_scene
+    from rescue_eval.training.examples import BOX_STEP, answer_box, answer_box_pixels, training_scene
     from rescue_eval.training.vlm import Encoder, list_example, plan_example
 
     for index in range(20):
@@ -82,13 +82,21 @@ def test_planner_answers_are_loose_boxes_on_the_step_and_only_answers_are_learnt
     rng = np.random.default_rng(0)
     examples = [plan_example(i, rng, naming_only=i % 2 == 0) for i in range(4)] + [list_example(4)]
     encode = Encoder(AutoProcessor.from_pretrained(resolve("trained:planner")))
-    batch = encode(examples)
-    for row, (messages, _) in enumerate(examples):
-        learnt = encode.processor.tokenizer.decode(batch["input_ids"][row][batch["labels"][row] != -100])
-        answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
-        assert learnt == "".join(answers)
-        assert all(v % BOX_STEP == 0 for a in answers for line in a[:-len("<|im_end|>")].splitlines()
+    batch, answers = encode(examples)
+    tokenizer = encode.processor.tokenizer
+    for row, (messages, _, targets) in enumerate(examples):
+        learnt = tokenizer.decode(batch["input_ids"][row][batch["labels"][row] != -100])
+        replies = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
+        assert learnt == "".join(replies) and len(targets) == len(replies)
+        assert all(v % BOX_STEP == 0 for a in replies for line in a[:-len("<|im_end|>")].splitlines()
                    for v in json.loads(line)["bbox_2d"])
+        # each answer with a target: the positions that predict its tokens, and the shape it boxes
+        grounded = [(positions, mask) for r, positions, mask in answers if r == row]
+        assert len(grounded) == sum(t is not None for t in targets) == (0 if row == 4 else len(replies))
+        for (positions, mask), reply in zip(grounded, replies):
+            predicted = batch["input_ids"][row][positions.start + 1:positions.stop + 1]
+            assert tokenizer.decode(predicted) == reply
+            assert json.loads(reply[:-len("<|im_end|>")])["bbox_2d"] == answer_box(mask)
 
 
 @pytest.mark.unit
@@ -98,7 +106,7 @@ def test_the_listing_stage_names_every_visible_shape_left_to_right_and_the_stage
 
     for index in range(10):
         scene = training_scene(index)
-        messages, images = list_example(index)
+        messages, images, _ = list_example(index)
         assert messages[0]["content"][1]["text"] == LIST_PROMPT and images[0].size == scene.image.size
         lines = [json.loads(line) for line in messages[-1]["content"].splitlines()]
         visible = [i for i, mask in enumerate(scene.masks) if mask.any()]
@@ -115,28 +123,30 @@ def test_the_listing_stage_names_every_visible_shape_left_to_right_and_the_stage
 @pytest.mark.unit
 def test_vision_labels_give_each_token_the_shape_covering_its_cell_and_its_place():
     from rescue_eval.datamodules import world
+    from rescue_eval.training.examples import box_steps
     from rescue_eval.training.vision import COLOURS, KINDS, token_labels
 
     checked = 0
     for index in range(10):
         scene = world.scene("train", index)
         rows, columns = scene.image.height // 32, scene.image.width // 32
-        labels = token_labels(scene, rows, columns, 32).reshape(rows, columns, 4)
+        labels = token_labels(scene, rows, columns, 32).reshape(rows, columns, 8)
         instances = scene.instance_map()
         for row in range(rows):
             for column in range(columns):
-                assert tuple(labels[row, column, 2:]) == (row, column)
+                assert tuple(labels[row, column, 2:4]) == (row, column)
                 cell = instances[row * 32:(row + 1) * 32, column * 32:(column + 1) * 32]
                 values, counts = np.unique(cell, return_counts=True)
                 if counts.max() < 0.75 * cell.size:
                     continue  # no shape (or background) covers most of the cell clearly
                 covering = int(values[counts.argmax()])
-                expected = (0, 0)
+                expected = (0, 0, -100, -100, -100, -100)  # the background has no box: ignored
                 if covering:
                     shape = scene.shapes[covering - 1]
-                    expected = (1 + COLOURS.index(shape.color), 1 + KINDS.index(shape.kind))
+                    expected = (1 + COLOURS.index(shape.color), 1 + KINDS.index(shape.kind),
+                                *box_steps(instances == covering))
                     checked += 1
-                assert tuple(labels[row, column, :2]) == expected
+                assert tuple(labels[row, column, :2]) + tuple(labels[row, column, 4:]) == expected
     assert checked >= 5
     with pytest.raises(ValueError, match="at most 16 x 16"):
         token_labels(world.scene("train", 0), 17, 4, 32)
@@ -186,3 +196,37 @@ def test_a_rate_scale_trains_the_parameters_under_its_prefix_at_that_factor():
     assert all(torch.allclose(m, torch.full_like(m, 0.1), atol=2e-3) for m in moved[2:])
     with pytest.raises(ValueError, match="starts with"):
         fit(model, Report("t", "t", "none", "random", 1, "8", 0.1, rate_scales={"visual.": 0.1}), lambda step: 0)
+
+
+@pytest.mark.unit
+def test_the_trained_planners_focus_head_looks_at_the_named_shape_and_grounding_leaves_no_trace():
+    """training/grounding.py: its focus head's weights are eager attention's, and on held-out
+    pictures that head's attention at each answer falls on the named shape's tokens many times
+    more than if spread evenly over the picture."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rescue_eval.models.tiny import resolve_checkpoint as resolve
+    from rescue_eval.training import HELD_OUT
+    from rescue_eval.training.grounding import FOCUS_HEAD, FOCUS_LAYER, GroundingLoss
+    from rescue_eval.training.vlm import Encoder, plan_example
+
+    folder = resolve("trained:planner")
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager")
+    grounding = GroundingLoss(model, processor)
+    rng = np.random.default_rng(0)
+    inputs, answers = Encoder(processor)([plan_example(i, rng, naming_only=True) for i in HELD_OUT[:6]])
+    with torch.no_grad():
+        eager = model(**inputs, output_attentions=True).attentions[FOCUS_LAYER][:, FOCUS_HEAD]
+        real = inputs["attention_mask"].bool()  # padding rows differ: eager masks them, the causal mask not
+        assert torch.allclose(grounding.focus_weights()[real], eager[real], atol=1e-5)
+        mass, index = grounding.attention_on_targets(inputs, answers)
+        loss = float(grounding(inputs, answers))
+    ratios = [float(mass[index == a].mean()) / grounding.target_tokens(mask, inputs["image_grid_thw"][row].tolist())
+              .sum() * int((inputs["input_ids"][row] == model.config.image_token_id).sum())
+              for a, (row, _, mask) in enumerate(answers)]
+    assert len(ratios) >= 12 and np.median(ratios) >= 4 and np.isfinite(loss) and loss > 0
+    grounding.remove()
+    assert "grounding_probe" not in dict(model.named_children())
+    assert grounding.hook.id not in grounding.attention._forward_hooks

@@ -59,6 +59,11 @@ def answer_box(mask: np.ndarray) -> list[int]:
             BOX_STEP * math.ceil(GRID * x2 / width / BOX_STEP), BOX_STEP * math.ceil(GRID * y2 / height / BOX_STEP)]
 
 
+def box_steps(mask: np.ndarray) -> list[int]:
+    """The answer box's sides in steps of BOX_STEP (0 .. GRID / BOX_STEP)."""
+    return [side // BOX_STEP for side in answer_box(mask)]
+
+
 def answer_box_pixels(mask: np.ndarray) -> list[float]:
     height, width = mask.shape
     x1, y1, x2, y2 = answer_box(mask)

@@ -6,11 +6,12 @@ Adam's steps inflate the merger's weights until the tower's effective rate is ni
 5.9 at step 0, 0.002 at step 100; image tokens' norm 0.6 to 20 against 0.3 for text). So the
 tower first learns what the world's pictures hold: every merged image token (32 x 32 px at the
 processor's size) predicts the colour and the kind of the shape covering most of it (or
-background) and its own row and column, through a linear head on its layer-normed output. The
-head is then dropped and the merger's output scaled to mean norm 1, near the text's scale, so
-the language model starts from features it can read. The deepstack mergers (their output is
-added to the language model's hidden states) are not pre-trained, only scaled the same way. The
-planner then trains the tower at a tenth of the rate (vlm.py).
+background), its own row and column, and that shape's box (grounding.py reads it there),
+through a linear head on its layer-normed output. The head is then dropped and the merger's
+output scaled to mean norm 1, near the text's scale, so the language model starts from features
+it can read. The deepstack mergers (their output is added to the language model's hidden
+states) are not pre-trained, only scaled the same way. The planner then trains the tower at a
+tenth of the rate (vlm.py).
 """
 from __future__ import annotations
 
@@ -19,36 +20,54 @@ import time
 import numpy as np
 
 from rescue_eval.datamodules import world
+from rescue_eval.models.prompts import GRID
 from rescue_eval.models.vlm_requests import PLANNER_MAX_PIXELS, fit_image
+from rescue_eval.training.examples import BOX_STEP, box_steps
 
 COLOURS = list(world.COLORS)
 KINDS = list(world.CORNERS)
 POSITIONS = 16  # classes for a token's row and column: a cap above the demo pictures' 7 x 10 grid
-LABEL_CLASSES = {"colour": 1 + len(COLOURS), "kind": 1 + len(KINDS), "row": POSITIONS, "column": POSITIONS}
+BOX_CLASSES = GRID // BOX_STEP + 1  # a box side on the planner's grid, in steps (examples.box_steps)
+LABEL_CLASSES = {"colour": 1 + len(COLOURS), "kind": 1 + len(KINDS), "row": POSITIONS, "column": POSITIONS,
+                 "box left": BOX_CLASSES, "box top": BOX_CLASSES, "box right": BOX_CLASSES, "box bottom": BOX_CLASSES}
+# the box terms at a quarter: at full weight the tower lost the rows (row read right 0.19, not 0.998)
+LABEL_WEIGHTS = {name: 0.25 if name.startswith("box") else 1.0 for name in LABEL_CLASSES}
 SCENES_PER_STEP = 16
 LEARNING_RATE = 3e-3
 
 
-def token_labels(scene: world.Scene, rows: int, columns: int, cell: int) -> np.ndarray:
-    """(rows x columns) x 4 ints: the colour and kind (0: background) of the shape covering most
-    of each merged token's cell (`cell` px square at the processor's size), and the cell's row and
-    column, in the tower's token order (row-major)."""
+def cell_coverage(instances: np.ndarray, rows: int, columns: int, cell: int) -> np.ndarray:
+    """(rows x columns) x (1 + max id): each merged token's share of pixels per instance id, for an
+    instance map as the processor stretches the picture to its grid, in the tower's token order."""
     from PIL import Image
 
+    stretched = np.asarray(Image.fromarray(instances.astype(np.int32)).resize((columns * cell, rows * cell),
+                                                                            Image.NEAREST))
+    cells = stretched.reshape(rows, cell, columns, cell).transpose(0, 2, 1, 3).reshape(rows * columns, -1)
+    size = int(instances.max()) + 1
+    return np.stack([np.bincount(pixels, minlength=size) for pixels in cells]) / cells.shape[1]
+
+
+def token_labels(scene: world.Scene, rows: int, columns: int, cell: int) -> np.ndarray:
+    """(rows x columns) x 8 ints: the colour and kind (0: background) of the shape covering most
+    of each merged token's cell (`cell` px square at the processor's size), the cell's row and
+    column, and that shape's answer box in steps (examples.box_steps; -100, ignored, on the
+    background), in the tower's token order (row-major)."""
     if rows > POSITIONS or columns > POSITIONS:
         raise ValueError(f"position labels cover at most {POSITIONS} x {POSITIONS} merged tokens, "
                          f"not {rows} x {columns}")
-    # the processor resizes the picture to the grid; the instance map is stretched the same way
-    instances = Image.fromarray(scene.instance_map()).resize((columns * cell, rows * cell), Image.NEAREST)
-    cells = np.asarray(instances).reshape(rows, cell, columns, cell).transpose(0, 2, 1, 3).reshape(rows * columns, -1)
+    instances = scene.instance_map()
+    boxes = [box_steps(instances == i + 1) if (instances == i + 1).any() else None
+             for i in range(len(scene.shapes))]
     labels = []
-    for index, pixels in enumerate(cells):
-        shape = int(np.bincount(pixels).argmax())
-        colour, kind = 0, 0
+    for index, shares in enumerate(cell_coverage(instances, rows, columns, cell)):
+        shape = int(shares.argmax())
+        colour, kind, box = 0, 0, [-100] * 4
         if shape:
             colour = 1 + COLOURS.index(scene.shapes[shape - 1].color)
             kind = 1 + KINDS.index(scene.shapes[shape - 1].kind)
-        labels.append((colour, kind, index // columns, index % columns))
+            box = boxes[shape - 1]
+        labels.append((colour, kind, index // columns, index % columns, *box))
     return np.array(labels, dtype=np.int64)
 
 
@@ -86,7 +105,8 @@ def pretrain(model, processor, steps: int, held_out: range) -> tuple[dict[str, f
     visual.train()
     for step in range(steps):
         inputs, labels = batch(processor, range(step * SCENES_PER_STEP, (step + 1) * SCENES_PER_STEP))
-        loss = sum(F.cross_entropy(out, labels[:, k]) for k, out in enumerate(logits(inputs)))
+        loss = sum(weight * F.cross_entropy(out, labels[:, k])
+                   for k, (weight, out) in enumerate(zip(LABEL_WEIGHTS.values(), logits(inputs))))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -95,8 +115,8 @@ def pretrain(model, processor, steps: int, held_out: range) -> tuple[dict[str, f
     with torch.no_grad():
         _scale_mergers_to_unit_norm(visual, inputs)  # the last training batch: no held-out scene decides it
         inputs, labels = batch(processor, held_out)
-        accuracy = {f"image tokens' {name} read right (vision pre-training)": float((out.argmax(-1) == labels[:, k])
-                                                                                     .float().mean())
+        accuracy = {f"image tokens' {name} read right (vision pre-training)":
+                    float((out.argmax(-1) == labels[:, k])[labels[:, k] >= 0].float().mean())
                     for k, (name, out) in enumerate(zip(LABEL_CLASSES, logits(inputs)))}
     return accuracy, time.perf_counter() - start
 

@@ -9,8 +9,9 @@ in the picture before the queries' reasoning is learnt: trained on queries from 
 planner learnt the answers' format and where shapes tend to be, not where they are. The vision
 tower trains at a tenth of the rate throughout (vision.py says why). The judge starts from the
 planner's weights and learns to rate a red-drawn candidate mask (the score is round(10 x IoU
-with the target)) and to pick the better of two. Neither learns, in these steps, to match the
-query against the picture: the planner's box follows the picture, not the query (README).
+with the target)) and to pick the better of two. On every answer with a shape's box the planner
+also learns where to look and what to read there (grounding.py): without that, its box
+followed the picture, not the query.
 Prompts and images are built by the same functions the backends use (models/prompts.py,
 models/vlm_requests.py), and the loss covers the answers and their end-of-turn tokens only.
 """
@@ -31,6 +32,7 @@ from rescue_eval.models.vlm_requests import PLANNER_MAX_PIXELS, duel_request, fi
 from rescue_eval.training import vision
 from rescue_eval.training.examples import (BOX_STEP, answer_box, answer_box_pixels, by_kind, candidate_masks, iou,
                                           training_scene, whole_shapes, world_queries)
+from rescue_eval.training.grounding import FOCUS_HEAD, FOCUS_LAYER, GroundingLoss
 from rescue_eval.training.loop import Report, fit
 
 # Width 64: a step costs two thirds of width 128's, and after equal steps (1950) its first box
@@ -63,21 +65,27 @@ class Encoder:
         self.header = tokenizer.encode(f"{qwen3_vl.IM_START}assistant\n")
         self.im_end = tokenizer.convert_tokens_to_ids(qwen3_vl.IM_END)
 
-    def __call__(self, examples: list[tuple[list[dict], list]]):
+    def __call__(self, examples: list[tuple[list[dict], list, list]]):
+        """Each example's messages, images, and a target mask (or None) per assistant turn; gives the
+        batch and, per turn with a target, (row, the positions that predict its answer, the mask)."""
         import torch
 
-        texts = [self.processor.apply_chat_template(messages, tokenize=False) for messages, _ in examples]
-        inputs = self.processor(text=texts, images=[im for _, images in examples for im in images],
+        texts = [self.processor.apply_chat_template(messages, tokenize=False) for messages, _, _ in examples]
+        inputs = self.processor(text=texts, images=[im for _, images, _ in examples for im in images],
                                 padding=True, return_tensors="pt")
         labels = torch.full_like(inputs["input_ids"], -100)
         size = len(self.header)
+        answers = []
         for row, ids in enumerate(inputs["input_ids"].tolist()):
+            targets = iter(examples[row][2])
             for start in range(len(ids) - size):
                 if ids[start:start + size] == self.header:
                     end = ids.index(self.im_end, start + size) + 1
                     labels[row, start + size:end] = inputs["input_ids"][row, start + size:end]
+                    if (target := next(targets)) is not None:
+                        answers.append((row, range(start + size - 1, end - 1), target))
         inputs["labels"] = labels
-        return inputs
+        return inputs, answers
 
 
 def answered(messages: list[dict], answer: str) -> list[dict]:
@@ -88,19 +96,22 @@ def plan_example(index: int, rng: np.random.Generator, naming_only: bool):
     """A picture and turns asking for shapes, each answered with its box. The turns name each
     shape that has a unique name ("Query: the red circle"); unless `naming_only`, the first turn
     is the planner prompt for the scene's query with a random strategy. Naming teaches where
-    things are with many short answers per picture; it comes before the queries (STAGES)."""
+    things are with many short answers per picture; it comes before the queries (STAGES). Gives
+    the messages, the picture, and the mask each answer boxes (grounding.py)."""
     scene = training_scene(index)
     names = scene.names
     unique = scene.uniquely_named
     naming_only = naming_only and bool(unique)
     messages = [] if naming_only else answered(plan_messages(scene.query, str(rng.choice(list(STRATEGIES)))),
                                                box_answer(scene.target_mask))
+    targets = [] if naming_only else [scene.target_mask]
     for i in rng.permutation(unique):
         if naming_only or i != scene.target:
             ask = f"Query: the {names[i]}"
             turn = [{"type": "image"}, {"type": "text", "text": ask}] if not messages else ask
             messages = answered(messages + [{"role": "user", "content": turn}], box_answer(scene.masks[i]))
-    return messages, [fit_image(scene.image, PLANNER_MAX_PIXELS)]
+            targets.append(scene.masks[i])
+    return messages, [fit_image(scene.image, PLANNER_MAX_PIXELS)], targets
 
 
 def list_example(index: int):
@@ -112,7 +123,7 @@ def list_example(index: int):
                    key=lambda pair: pair[0])
     answer = "\n".join(json.dumps({"label": name, "bbox_2d": box}, **COMPACT) for box, name in boxes)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": LIST_PROMPT}]}]
-    return answered(messages, answer), [fit_image(scene.image, PLANNER_MAX_PIXELS)]
+    return answered(messages, answer), [fit_image(scene.image, PLANNER_MAX_PIXELS)], [None]
 
 
 def planner_example(index: int, rng: np.random.Generator, step: int, steps: int):
@@ -132,17 +143,17 @@ def judge_example(index: int, rng: np.random.Generator, step: int):
     if index % 2 == 0:  # the target half the time: a judge that always says 0 learns nothing
         pick = 0 if rng.random() < 0.5 else int(rng.integers(1, len(candidates)))
         messages, images = rate_request(RateItem(scene.image, candidates[pick], scene.query))
-        return answered(messages, json.dumps({"score": round(10 * quality[pick])}, **COMPACT)), images
+        return answered(messages, json.dumps({"score": round(10 * quality[pick])}, **COMPACT)), images, [None]
     pairs = [(a, b) for a in range(len(candidates)) for b in range(len(candidates)) if quality[a] - quality[b] > 0.25]
     a, b = pairs[int(rng.integers(len(pairs)))] if pairs else (0, 1)
     first, second, winner = (a, b, "A") if rng.random() < 0.5 else (b, a, "B")
     messages, images = duel_request(DuelItem(scene.image, candidates[first], candidates[second], scene.query))
-    return answered(messages, json.dumps({"winner": winner}, **COMPACT)), images
+    return answered(messages, json.dumps({"winner": winner}, **COMPACT)), images, [None]
 
 
-def _train(report: Report, folder: Path, first_scene: int, make_example, before=None) -> None:
+def _train(report: Report, folder: Path, first_scene: int, make_example, before=None, grounded=False) -> None:
     """Fit the twin in `folder` on batches of `make_example(index, rng, step)`, after
-    `before(model, processor)` when given."""
+    `before(model, processor)` when given, with the grounding losses (grounding.py) if `grounded`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder)
@@ -151,12 +162,18 @@ def _train(report: Report, folder: Path, first_scene: int, make_example, before=
         before(model, processor)
     encode = Encoder(processor)
     rng = np.random.default_rng(4)
+    grounding = GroundingLoss(model, processor) if grounded else None
 
     def loss_of_step(step: int):
         start = first_scene + step * BATCH
-        return model(**encode([make_example(i, rng, step) for i in range(start, start + BATCH)])).loss
+        inputs, answers = encode([make_example(i, rng, step) for i in range(start, start + BATCH)])
+        loss = model(**inputs).loss
+        return loss + grounding(inputs, answers) if grounding else loss
 
     fit(model, report, loss_of_step)
+    if grounding:
+        grounding.remove()
+        report.parameters = sum(p.numel() for p in model.parameters())  # without the dropped probe
     model.save_pretrained(folder)
 
 
@@ -164,11 +181,14 @@ def train_planner(out_dir: Path, steps: int, vision_steps: int, held_out: range)
     report = Report("planner", "planner", "Qwen/Qwen3-VL-8B-Instruct", data=(
         f"demo-world training scenes 0-{steps * BATCH - 1}. First the vision tower alone, {vision_steps} steps of "
         f"{vision.SCENES_PER_STEP} pictures at {vision.LEARNING_RATE:g}: every merged image token predicts the "
-        "colour and kind of the shape covering most of it and its own row and column (rescue_eval/training/"
-        "vision.py). Then a third of the steps each: \"List every shape with its box.\" answered with a line per "
-        "shape, left to right; a turn for each uniquely named shape (\"Query: the red circle\"); the planner prompt "
-        "for the scene's query with a random strategy, followed by such turns for the other shapes. Every box is "
-        f"on the 0..1000 grid, rounded outward to multiples of {BOX_STEP}"),
+        "colour and kind of the shape covering most of it, its own row and column, and that shape's box (at a "
+        "quarter of the weight; rescue_eval/training/vision.py). Then a third of the steps each: \"List every "
+        "shape with its box.\" answered with a line per shape, left to right; a turn for each uniquely named "
+        "shape (\"Query: the red circle\"); the planner prompt for the scene's query with a random strategy, "
+        "followed by such turns for the other shapes. Every box is "
+        f"on the 0..1000 grid, rounded outward to multiples of {BOX_STEP}. On every answer with a shape's box, "
+        f"the grounding losses (rescue_eval/training/grounding.py): head {FOCUS_HEAD} of layer {FOCUS_LAYER} "
+        "attends to the shape's image tokens, and a linear probe on that layer's attention output predicts the box"),
         steps=steps, batch=str(BATCH), learning_rate=3e-3, rate_scales=VISION_RATE_SCALES)
     qwen3_vl._build(out_dir, moe=False, thinking=False, sizes=SIZES, corpus=tokenizer_corpus(), bpe_vocab_size=1000)
 
@@ -177,7 +197,8 @@ def train_planner(out_dir: Path, steps: int, vision_steps: int, held_out: range)
         report.held_out.update(accuracy)
         report.seconds += seconds
 
-    _train(report, out_dir, 0, lambda index, rng, step: planner_example(index, rng, step, steps), pretrain_vision)
+    _train(report, out_dir, 0, lambda index, rng, step: planner_example(index, rng, step, steps), pretrain_vision,
+           grounded=True)
     report.held_out.update(evaluate_planner(out_dir, held_out))
     return report
 
